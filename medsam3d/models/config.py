@@ -1,0 +1,118 @@
+"""Architecture configs: every size of every model is a field here, and nowhere else.
+
+Defaults are the published full-size architectures (SAM-Med3D-turbo's ViT-B, FastSAM3D's released student) and
+medsam3d-tiny's chosen sizes. Field names are the keyword arguments of ``build_model`` and the keys of
+``configs/models/*.yaml``; they follow the reference code's names where one exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass
+class PromptDecoderConfig:
+    """The 3D prompt encoder and two-way mask decoder shared by every model family."""
+
+    prompt_embed_dim: Optional[int] = None  # None: the encoder's out_chans
+    mask_in_chans: int = 16
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    attention_downsample_rate: int = 2
+    box_prompts: bool = False  # two extra corner embeddings (SAM-Med3D's checkpoints have none)
+    reference_pe: bool = True  # reproduce SAM-Med3D's positional-encoding quirks (prompt_encoder.py)
+
+
+@dataclass
+class SamMed3DConfig(PromptDecoderConfig):
+    """SAM-Med3D(-turbo): ViT-B 3D encoder with windowed + global blocks, decomposed relative positions."""
+
+    img_size: int = 128
+    patch_size: int = 16
+    in_chans: int = 1
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    use_rel_pos: bool = True
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    layernorm_eps: float = 1e-6
+    out_chans: int = 384
+
+
+@dataclass
+class FastSam3DConfig(SamMed3DConfig):
+    """FastSAM3D's released student: ``skip_layer`` attention-free blocks, then global-attention blocks."""
+
+    depth: int = 6
+    num_heads: int = 6
+    window_size: int = 0
+    global_attn_indexes: tuple[int, ...] = ()
+    skip_layer: int = 2
+    layeroutput: int = 2  # the reference returns the stream after every `layeroutput`-th block (distillation)
+
+
+@dataclass
+class TinyConfig(PromptDecoderConfig):
+    """medsam3d-tiny: our CPU-first student (see ``tiny_encoder.py`` for the why of each choice)."""
+
+    img_size: int = 128
+    patch_size: int = 16
+    in_chans: int = 1
+    embed_dim: int = 192
+    num_heads: int = 6
+    mlp_ratio: float = 3.0
+    conv_blocks: int = 2  # attention-free early blocks (depthwise 3D conv + MLP)
+    attn_blocks: tuple[str, ...] = ("dilated", "window", "dilated", "window")
+    group: int = 4  # tokens per axis in a dilated sub-grid or a local window
+    layernorm_eps: float = 1e-6
+    out_chans: int = 128
+    # the decoder of a CPU model: narrower and shallower MLP than SAM-Med3D's
+    decoder_mlp_dim: int = 512
+    decoder_heads: int = 4
+    iou_head_hidden_dim: int = 128
+    box_prompts: bool = True
+    reference_pe: bool = False
+
+
+MODEL_CONFIGS: dict[str, type] = {
+    "sam-med3d": SamMed3DConfig,
+    "fastsam3d": FastSam3DConfig,
+    "medsam3d-tiny": TinyConfig,
+}
+
+
+def make_config(name: str, overrides: dict[str, Any]):
+    """Build the config of model ``name`` with keyword overrides; unknown keys are an error naming them."""
+    cls = MODEL_CONFIGS[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) for {name}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    values = dict(overrides)
+    for key in ("global_attn_indexes", "attn_blocks"):
+        if key in values and values[key] is not None:
+            values[key] = tuple(values[key])
+    cfg = cls(**values)
+    if cfg.prompt_embed_dim is None:
+        cfg.prompt_embed_dim = cfg.out_chans
+    return cfg
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    """Plain dict of a config (for checkpoints, reports and YAML)."""
+    out = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+__all__ = ["SamMed3DConfig", "FastSam3DConfig", "TinyConfig", "MODEL_CONFIGS", "make_config", "config_dict"]

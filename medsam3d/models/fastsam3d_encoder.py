@@ -1,0 +1,91 @@
+"""FastSAM3D's released student encoder, checkpoint-compatible with its published weights.
+
+``skip_layer`` attention-free blocks, then attention blocks (global, with SAM-Med3D's relative positions), then
+SAM-Med3D's neck. ``forward_features`` returns what the reference returns for layer-wise distillation: the
+patch embedding + position, the stream after every ``layeroutput``-th block, and the neck output last.
+
+Reference quirk reproduced here (FastSAM3D ``Block3D_woatt`` and ``Block3D``): normalisation is applied to the
+residual stream itself, and the MLP's residual is taken from the normalised stream:
+``x = norm2(x); x = x + mlp(x)``, rather than SAM's pre-norm ``x = x + mlp(norm2(x))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import MLPBlock, PatchEmbed3D, make_neck
+from .config import FastSam3DConfig
+from .relpos_attention import RelPosAttention3D
+
+
+class AttentionFreeBlock3D(nn.Module):
+    """FastSAM3D's early block: MLP only (keys norm2, mlp)."""
+
+    def __init__(self, dim: int, mlp_ratio: float, eps: float) -> None:
+        super().__init__()
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm2(x)  # quirk: the stream itself is normalised (module docstring)
+        return x + self.mlp(x)
+
+
+class StudentBlock3D(nn.Module):
+    """FastSAM3D's attention block: pre-norm attention, then the post-norm MLP quirk."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, use_rel_pos: bool,
+                 window_size: int, grid: int, eps: float) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = RelPosAttention3D(dim, num_heads, qkv_bias, use_rel_pos, window_size or grid)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, padded_reference: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), self.window_size, padded_reference)
+        x = self.norm2(x)  # quirk: normalise the stream, residual from the normalised stream
+        return x + self.mlp(x)
+
+
+class FastSam3DEncoder(nn.Module):
+    def __init__(self, cfg: FastSam3DConfig) -> None:
+        super().__init__()
+        if not 0 <= cfg.skip_layer <= cfg.depth:
+            raise ValueError(f"skip_layer must be between 0 and depth={cfg.depth}, got {cfg.skip_layer}")
+        self.img_size = cfg.img_size
+        self.layeroutput = cfg.layeroutput
+        grid = cfg.img_size // cfg.patch_size
+        self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, grid, cfg.embed_dim))
+        blocks: list[nn.Module] = [
+            AttentionFreeBlock3D(cfg.embed_dim, cfg.mlp_ratio, cfg.layernorm_eps) for _ in range(cfg.skip_layer)
+        ]
+        # the reference numbers attention blocks from 0 when matching global_attn_indexes
+        blocks += [
+            StudentBlock3D(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.use_rel_pos,
+                           0 if i in cfg.global_attn_indexes else cfg.window_size, grid, cfg.layernorm_eps)
+            for i in range(cfg.depth - cfg.skip_layer)
+        ]
+        self.blocks = nn.ModuleList(blocks)
+        self.neck = make_neck(cfg.embed_dim, cfg.out_chans)
+        self.padded_reference = False
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[patch+pos (B,X,Y,Z,C), stream after every `layeroutput`-th block ..., neck (B,out,X,Y,Z)]."""
+        x = self.patch_embed(x) + self.pos_embed
+        features = [x]
+        for i, block in enumerate(self.blocks, start=1):
+            x = block(x, self.padded_reference) if isinstance(block, StudentBlock3D) else block(x)
+            if i % self.layeroutput == 0:
+                features.append(x)
+        features.append(self.neck(x.permute(0, 4, 1, 2, 3)))
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x) + self.pos_embed
+        for block in self.blocks:
+            x = block(x, self.padded_reference) if isinstance(block, StudentBlock3D) else block(x)
+        return self.neck(x.permute(0, 4, 1, 2, 3))

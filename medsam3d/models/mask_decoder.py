@@ -1,0 +1,130 @@
+"""Two-way transformer mask decoder (SAM's, in 3D): image embedding + prompt tokens -> 32^3 logits and IoU.
+
+Key layout follows SAM-Med3D's ``mask_decoder3D.py`` so its checkpoints load as published.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import attend
+from .common import MLP, LayerNorm3d, MLPBlock
+
+
+class TokenAttention(nn.Module):
+    """Multi-head attention with an optional downscaled internal width (keys q_proj/k_proj/v_proj/out_proj)."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads:
+            raise ValueError(f"decoder_heads={num_heads} must divide the attention width {self.internal_dim}")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C/heads)
+        b, n, c = x.shape
+        return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = attend(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v)))
+        b, h, n, c = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+
+class TwoWayAttentionBlock3D(nn.Module):
+    """Self-attention of tokens, tokens->image, MLP on tokens, image->tokens."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool):
+        super().__init__()
+        self.self_attn = TokenAttention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn_token_to_image = TokenAttention(dim, num_heads, downsample_rate)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = TokenAttention(dim, num_heads, downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(self, queries, keys, query_pe, key_pe):  # (B, Nt, C), (B, Ni, C), same, same
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+        k = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        queries = self.norm3(queries + self.mlp(queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        return queries, keys
+
+
+class TwoWayTransformer3D(nn.Module):
+    def __init__(self, depth: int, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock3D(dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=i == 0)
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = TokenAttention(dim, num_heads, downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(dim)
+
+    def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor):
+        """image, image_pe: (B, C, X, Y, Z); tokens (B, Nt, C) -> tokens (B, Nt, C), image (B, XYZ, C)."""
+        keys = image.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = tokens
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, tokens, key_pe)
+        attn = self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys)
+        return self.norm_final_attn(queries + attn), keys
+
+
+class MaskDecoder3D(nn.Module):
+    def __init__(self, dim: int, num_multimask_outputs: int, iou_head_depth: int, iou_head_hidden_dim: int,
+                 depth: int, mlp_dim: int, num_heads: int, downsample_rate: int) -> None:
+        super().__init__()
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.transformer = TwoWayTransformer3D(depth, dim, num_heads, mlp_dim, downsample_rate)
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose3d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm3d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose3d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z)
+        -> low-res logits (B, 1|M, 4X, 4Y, 4Z) and IoU predictions (B, 1|M)."""
+        b = sparse.shape[0]
+        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([tokens[None].expand(b, -1, -1), sparse], dim=1)
+        src = image_embeddings.expand(b, -1, -1, -1, -1) + dense
+        pos = image_pe.expand(b, -1, -1, -1, -1)
+        _, c, x, y, z = src.shape
+        hs, src = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, x, y, z))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # (B, M+1, C/8)
+        _, cu, ux, uy, uz = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, cu, ux * uy * uz)).view(b, -1, ux, uy, uz)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, chosen], iou_pred[:, chosen]

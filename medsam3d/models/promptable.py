@@ -1,0 +1,146 @@
+"""``PromptableModel3D``: image encoder + prompt encoder + mask decoder behind one ``encode``/``decode`` interface.
+
+Every model family (SAM-Med3D, FastSAM3D, medsam3d-tiny) is one of these; only the image encoder and sizes differ.
+Inputs are checked here, once, so every caller (Segmenter, trainer, evaluator, bridge) gets the same clear
+``InputError`` (a ``ValueError``) instead of a shape error from deep inside a layer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .mask_decoder import MaskDecoder3D
+from .prompt_encoder import PromptEncoder3D
+
+
+class PromptableModel3D(nn.Module):
+    def __init__(self, name: str, config, image_encoder: nn.Module) -> None:
+        super().__init__()
+        self.name = name
+        self.config = config
+        self.image_encoder = image_encoder
+        grid = config.img_size // config.patch_size
+        dim = config.prompt_embed_dim
+        if dim != config.out_chans:
+            raise ValueError(f"prompt_embed_dim ({dim}) must equal the encoder's out_chans ({config.out_chans})")
+        self.prompt_encoder = PromptEncoder3D(dim, (grid,) * 3, (config.img_size,) * 3, config.mask_in_chans,
+                                              config.box_prompts, config.reference_pe)
+        self.mask_decoder = MaskDecoder3D(dim, config.num_multimask_outputs, config.iou_head_depth,
+                                          config.iou_head_hidden_dim, config.decoder_depth, config.decoder_mlp_dim,
+                                          config.decoder_heads, config.attention_downsample_rate)
+        # where each part's weights came from: "random" until a checkpoint fills it (see checkpoint.py)
+        self.weight_sources: dict[str, str] = {p: "random" for p in ("image_encoder", "prompt_encoder", "mask_decoder")}
+
+    # ------------------------------------------------------------------ public interface
+    @property
+    def is_trained(self) -> bool:
+        """True when every part was loaded from a checkpoint (a random-weight model never answers a user)."""
+        return all(src != "random" for src in self.weight_sources.values())
+
+    @property
+    def flexible_input_size(self) -> bool:
+        """medsam3d-tiny resizes its position table and takes any multiple of the patch size."""
+        return self.name == "medsam3d-tiny"
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalised crop (B, 1, S, S, S) -> image embedding (B, C, S/16, S/16, S/16)."""
+        self._check_image(image)
+        return self.image_encoder(image)
+
+    def decode(
+        self,
+        embedding: torch.Tensor,  # (B | 1, C, g, g, g)
+        points: Optional[torch.Tensor] = None,  # (B, N, 3) voxel coordinates in the crop, image-tensor axis order
+        labels: Optional[torch.Tensor] = None,  # (B, N): 1 positive, 0 negative
+        boxes: Optional[torch.Tensor] = None,  # (B, 6): (a0, b0, c0, a1, b1, c1) corners, inclusive
+        mask_input: Optional[torch.Tensor] = None,  # (B, 1, 4g, 4g, 4g) logits of a previous prediction
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> low-res logits (B, 1 | M, 4g, 4g, 4g) and predicted IoU (B, 1 | M)."""
+        batch = self._check_prompts(embedding, points, labels, boxes, mask_input)
+        if labels is not None:
+            labels = labels.to(device=embedding.device, dtype=torch.long)
+        sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input, batch)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output)
+
+    def forward(self, image: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(self.encode(image), **prompts)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_image(self, image: torch.Tensor) -> None:
+        cfg = self.config
+        if not isinstance(image, torch.Tensor):
+            raise InputError(f"image must be a torch.Tensor, got {type(image).__name__}")
+        if image.dim() != 5:
+            raise InputError(f"image must be 5D (B, {cfg.in_chans}, S, S, S), got shape {tuple(image.shape)}")
+        if image.shape[1] != cfg.in_chans:
+            raise InputError(f"image must have {cfg.in_chans} channel(s), got {image.shape[1]} "
+                             f"(shape {tuple(image.shape)})")
+        spatial = tuple(image.shape[2:])
+        if self.flexible_input_size:
+            ok = len(set(spatial)) == 1 and spatial[0] % cfg.patch_size == 0 and spatial[0] >= cfg.patch_size
+            want = f"a cube with side a multiple of {cfg.patch_size}"
+        else:
+            ok = spatial == (cfg.img_size,) * 3
+            want = f"{cfg.img_size}^3"
+        if not ok:
+            raise InputError(f"image crop must be {want}, got spatial size {spatial}")
+        if not image.is_floating_point():
+            raise InputError(f"image must be floating point (normalised intensities), got {image.dtype}")
+        if not torch.isfinite(image).all():
+            raise InputError("image contains NaN or infinite values")
+
+    def _check_prompts(self, embedding, points, labels, boxes, mask_input) -> int:
+        cfg = self.config
+        grid = cfg.img_size // cfg.patch_size
+        if not isinstance(embedding, torch.Tensor) or embedding.dim() != 5 or embedding.shape[1] != cfg.prompt_embed_dim:
+            shape = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
+            raise InputError(f"embedding must be (B, {cfg.prompt_embed_dim}, {grid}, {grid}, {grid}), got {shape}")
+        if tuple(embedding.shape[2:]) != (grid,) * 3:
+            raise InputError(f"embedding grid must be {grid}^3, got {tuple(embedding.shape[2:])}")
+        batches = []
+        size = cfg.img_size
+        if (points is None) != (labels is None):
+            raise InputError("points and labels must be given together")
+        if points is not None:
+            if points.dim() != 3 or points.shape[-1] != 3:
+                raise InputError(f"points must be (B, N, 3), got shape {tuple(points.shape)}")
+            if labels.shape != points.shape[:2]:
+                raise InputError(f"labels must be (B, N) = {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
+            if not torch.isfinite(points).all():
+                raise InputError("points contain NaN or infinite values")
+            if ((points < 0) | (points >= size)).any():
+                bad = points[((points < 0) | (points >= size)).any(-1)][0].tolist()
+                raise InputError(f"point {bad} is outside the {size}^3 crop (coordinates must be in [0, {size}))")
+            bad_labels = set(torch.unique(labels).tolist()) - {0, 1}
+            if bad_labels:
+                raise InputError(f"labels must be 1 (positive) or 0 (negative), got {sorted(bad_labels)}")
+            batches.append(points.shape[0])
+        if boxes is not None:
+            if not cfg.box_prompts:
+                raise InputError(f"{self.name} takes no box prompts (its checkpoints have no box embeddings)")
+            if boxes.dim() != 2 or boxes.shape[-1] != 6:
+                raise InputError(f"boxes must be (B, 6) corner pairs, got shape {tuple(boxes.shape)}")
+            if not torch.isfinite(boxes).all() or ((boxes < 0) | (boxes >= size)).any():
+                raise InputError(f"box corners must be finite and inside the {size}^3 crop")
+            if (boxes[:, :3] > boxes[:, 3:]).any():
+                raise InputError("box must be (a0, b0, c0, a1, b1, c1) with each first corner <= second")
+            batches.append(boxes.shape[0])
+        if mask_input is not None:
+            want = (1, 4 * grid, 4 * grid, 4 * grid)
+            if mask_input.dim() != 5 or tuple(mask_input.shape[1:]) != want:
+                raise InputError(f"mask_input must be (B, {', '.join(map(str, want))}), got {tuple(mask_input.shape)}")
+            if not torch.isfinite(mask_input).all():
+                raise InputError("mask_input contains NaN or infinite values")
+            batches.append(mask_input.shape[0])
+        if len(set(batches)) > 1:
+            raise InputError(f"prompts disagree on batch size: {batches}")
+        batch = batches[0] if batches else embedding.shape[0]
+        if embedding.shape[0] not in (1, batch):
+            raise InputError(f"embedding batch {embedding.shape[0]} must be 1 or the prompt batch {batch}")
+        return batch
