@@ -28,6 +28,11 @@ class PromptDecoderConfig:
     box_prompts: bool = False  # two extra corner embeddings (SAM-Med3D's checkpoints have none)
     reference_pe: bool = True  # reproduce SAM-Med3D's positional-encoding quirks (prompt_encoder.py)
 
+    @property
+    def prompt_dim(self) -> int:
+        """Width of the prompt encoder and decoder: ``prompt_embed_dim``, else the encoder's ``out_chans``."""
+        return self.prompt_embed_dim or self.out_chans  # type: ignore[attr-defined]
+
 
 @dataclass
 class SamMed3DConfig(PromptDecoderConfig):
@@ -103,10 +108,7 @@ def make_config(name: str, overrides: dict[str, Any]):
     for key in ("global_attn_indexes", "attn_blocks"):
         if key in values and values[key] is not None:
             values[key] = tuple(values[key])
-    cfg = cls(**values)
-    if cfg.prompt_embed_dim is None:
-        cfg.prompt_embed_dim = cfg.out_chans
-    return cfg
+    return cls(**values)
 
 
 def config_dict(cfg) -> dict[str, Any]:

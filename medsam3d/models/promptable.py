@@ -24,7 +24,7 @@ class PromptableModel3D(nn.Module):
         self.config = config
         self.image_encoder = image_encoder
         grid = config.img_size // config.patch_size
-        dim = config.prompt_embed_dim
+        dim = config.prompt_dim
         if dim != config.out_chans:
             raise ValueError(f"prompt_embed_dim ({dim}) must equal the encoder's out_chans ({config.out_chans})")
         self.prompt_encoder = PromptEncoder3D(dim, (grid,) * 3, (config.img_size,) * 3, config.mask_in_chans,
@@ -40,11 +40,6 @@ class PromptableModel3D(nn.Module):
     def is_trained(self) -> bool:
         """True when every part was loaded from a checkpoint (a random-weight model never answers a user)."""
         return all(src != "random" for src in self.weight_sources.values())
-
-    @property
-    def flexible_input_size(self) -> bool:
-        """medsam3d-tiny resizes its position table and takes any multiple of the patch size."""
-        return self.name == "medsam3d-tiny"
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Normalised crop (B, 1, S, S, S) -> image embedding (B, C, S/16, S/16, S/16)."""
@@ -82,14 +77,8 @@ class PromptableModel3D(nn.Module):
             raise InputError(f"image must have {cfg.in_chans} channel(s), got {image.shape[1]} "
                              f"(shape {tuple(image.shape)})")
         spatial = tuple(image.shape[2:])
-        if self.flexible_input_size:
-            ok = len(set(spatial)) == 1 and spatial[0] % cfg.patch_size == 0 and spatial[0] >= cfg.patch_size
-            want = f"a cube with side a multiple of {cfg.patch_size}"
-        else:
-            ok = spatial == (cfg.img_size,) * 3
-            want = f"{cfg.img_size}^3"
-        if not ok:
-            raise InputError(f"image crop must be {want}, got spatial size {spatial}")
+        if spatial != (cfg.img_size,) * 3:
+            raise InputError(f"image crop must be {cfg.img_size}^3, got spatial size {spatial}")
         if not image.is_floating_point():
             raise InputError(f"image must be floating point (normalised intensities), got {image.dtype}")
         if not torch.isfinite(image).all():
@@ -98,9 +87,9 @@ class PromptableModel3D(nn.Module):
     def _check_prompts(self, embedding, points, labels, boxes, mask_input) -> int:
         cfg = self.config
         grid = cfg.img_size // cfg.patch_size
-        if not isinstance(embedding, torch.Tensor) or embedding.dim() != 5 or embedding.shape[1] != cfg.prompt_embed_dim:
+        if not isinstance(embedding, torch.Tensor) or embedding.dim() != 5 or embedding.shape[1] != cfg.prompt_dim:
             shape = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
-            raise InputError(f"embedding must be (B, {cfg.prompt_embed_dim}, {grid}, {grid}, {grid}), got {shape}")
+            raise InputError(f"embedding must be (B, {cfg.prompt_dim}, {grid}, {grid}, {grid}), got {shape}")
         if tuple(embedding.shape[2:]) != (grid,) * 3:
             raise InputError(f"embedding grid must be {grid}^3, got {tuple(embedding.shape[2:])}")
         batches = []

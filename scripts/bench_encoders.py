@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Encoder, decoder and attention timings at 128^3 on CPU (medians), each against its baseline in this process.
+
+    python scripts/bench_encoders.py            # 2 threads, as on a 2-core workstation
+    python scripts/bench_encoders.py --quick    # fewer repeats
+
+Rows:
+1. full-size SAM-Med3D encoder: medsam3d's exact padding-free windows vs the padded-window formulation of the
+   same math (the published code's), same random weights: max |difference| and speed-up.
+2. full-size FastSAM3D student encoder: ours vs the dense reference formulation.
+3. medsam3d-tiny encoder, and one decoder call ("a click") for medsam3d-tiny and SAM-Med3D.
+4. dense attention vs medsam3d-tiny's sparse dilated / window attention from 512 to 4096 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from medsam3d.models import build_model
+from medsam3d.models.attention import dense_attention, grouped_attention
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def randomise_positions(model) -> None:
+    """Relative/absolute position tables are zero-initialised; fill them so every term is exercised."""
+    with torch.no_grad():
+        for name, p in model.image_encoder.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                p.normal_(0, 0.02)
+
+
+def exact_vs_padded(name: str, image: torch.Tensor, repeats: int, baseline_repeats: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    randomise_positions(model)
+    encoder = model.image_encoder
+    encoder.padded_reference = False
+    ours = model.encode(image)
+    t_ours = median_time(lambda: model.encode(image), repeats)
+    encoder.padded_reference = True
+    reference = model.encode(image)
+    t_ref = median_time(lambda: model.encode(image), baseline_repeats, warmup=0)
+    encoder.padded_reference = False
+    diff = (ours - reference).abs().max().item()
+    print(f"{name:>14} encoder  medsam3d {t_ours:7.3f} s | reference formulation {t_ref:7.3f} s | "
+          f"speed-up {t_ref / t_ours:5.1f}x | max |diff| {diff:.2e}")
+
+
+def attention_scaling(repeats: int) -> None:
+    heads, hd, group = 6, 32, (4, 4, 4)
+    print(f"\nattention, {heads} heads x {hd}: time per call (median)")
+    print(f"{'tokens':>8} {'dense':>10} {'dilated':>10} {'window':>10} {'dense/dilated':>14}")
+    rows = []
+    for side in (8, 10, 12, 14, 16):
+        q, k, v = (torch.randn(1, side, side, side, heads, hd) for _ in range(3))
+        t_dense = median_time(lambda: dense_attention(q, k, v), repeats)
+        t_dil = median_time(lambda: grouped_attention(q, k, v, group, "dilated"), repeats)
+        t_win = median_time(lambda: grouped_attention(q, k, v, group, "window"), repeats)
+        rows.append((side**3, t_dense, t_dil, t_win))
+        print(f"{side**3:>8} {t_dense * 1e3:8.2f}ms {t_dil * 1e3:8.2f}ms {t_win * 1e3:8.2f}ms {t_dense / t_dil:13.1f}x")
+    (n0, d0, s0, w0), (n1, d1, s1, w1) = rows[0], rows[-1]
+    print(f"growth {n0} -> {n1} tokens ({n1 / n0:.0f}x): dense {d1 / d0:.1f}x, dilated {s1 / s0:.1f}x, "
+          f"window {w1 / w0:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    reps = 3 if args.quick else 7
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; times are medians\n")
+    image = torch.randn(1, 1, 128, 128, 128)
+    with torch.inference_mode():
+        exact_vs_padded("sam-med3d", image, reps, 1 if args.quick else 3)
+        exact_vs_padded("fastsam3d", image, reps, reps)
+
+        tiny = build_model("medsam3d-tiny")
+        t_tiny = median_time(lambda: tiny.encode(image), 3 * reps)
+        print(f"{'medsam3d-tiny':>14} encoder  {t_tiny:7.3f} s  ({sum(p.numel() for p in tiny.parameters()) / 1e6:.1f}M "
+              f"parameters)")
+
+        points, labels = torch.tensor([[[64.0, 60.0, 70.0]]]), torch.tensor([[1]])
+        for name, model in (("medsam3d-tiny", tiny), ("sam-med3d", build_model("sam-med3d"))):
+            emb = model.encode(image)
+            low_res, _ = model.decode(emb, points=points, labels=labels)
+            mask = low_res  # the second click feeds back the previous logits, as interactive use does
+            t_dec = median_time(
+                lambda: model.decode(emb, points=points, labels=labels, mask_input=mask), 10 * reps, warmup=3
+            )
+            print(f"{name:>14} decoder  {t_dec * 1e3:7.2f} ms per click (point + previous mask)")
+
+        attention_scaling(reps)
+
+
+if __name__ == "__main__":
+    main()

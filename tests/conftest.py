@@ -1,0 +1,38 @@
+"""Shared test fixtures: the reference fixtures in ../shared/reference and small model configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("MEDSAM3D_REFERENCE", REPO.parent / "shared" / "reference"))
+
+# A SAM-Med3D-architecture model small enough for unit tests (the fixture's sizes, depth 2).
+SMALL_SAM = dict(embed_dim=96, depth=2, num_heads=4, global_attn_indexes=[1], out_chans=96)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def load_reference(name: str) -> dict:
+    path = REFERENCE / name
+    if not path.is_file():
+        pytest.skip(f"reference fixture {path} not present (expected ../shared/reference beside the repo)")
+    return torch.load(path, weights_only=False)
+
+
+def as_float32(state: dict) -> dict:
+    return {k: v.float() for k, v in state.items()}
+
+
+@pytest.fixture(scope="session")
+def sam_fixture() -> dict:
+    return load_reference("sam_med3d_e96_d4_s11.pt")
+
+
+@pytest.fixture(scope="session")
+def student_fixture() -> dict:
+    return load_reference("fastsam3d_student_e96_d4_s11.pt")

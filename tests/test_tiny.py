@@ -1,0 +1,68 @@
+"""medsam3d-tiny: our student keeps the common encode/decode interface and takes native 3D boxes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsam3d.models import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("medsam3d-tiny")
+
+
+@torch.no_grad()
+def test_tiny_encode_decode_shapes(tiny):
+    image = torch.randn(2, 1, 128, 128, 128)
+    emb = tiny.encode(image)
+    assert emb.shape == (2, tiny.config.out_chans, 8, 8, 8)
+    points = torch.tensor([[[64.0, 60, 70]], [[10.0, 20, 30]]])
+    labels = torch.tensor([[1], [1]])
+    low_res, iou = tiny.decode(emb, points=points, labels=labels)
+    assert low_res.shape == (2, 1, 32, 32, 32) and iou.shape == (2, 1)
+    low_res, iou = tiny.decode(emb[:1], points=points, labels=labels, multimask_output=True)
+    assert low_res.shape == (2, 3, 32, 32, 32) and iou.shape == (2, 3)
+
+
+@torch.no_grad()
+def test_tiny_box_prompt_is_two_corner_tokens(tiny):
+    emb = tiny.encode(torch.randn(1, 1, 128, 128, 128))
+    box = torch.tensor([[40.0, 40, 40, 80, 90, 70]])
+    sparse, _ = tiny.prompt_encoder(None, None, box, None, 1)
+    assert sparse.shape == (1, 2, tiny.config.out_chans)
+    with_box, _ = tiny.decode(emb, boxes=box)
+    other_box, _ = tiny.decode(emb, boxes=torch.tensor([[0.0, 0, 0, 20, 20, 20]]))
+    assert not torch.allclose(with_box, other_box)
+    point_and_box, _ = tiny.decode(emb, points=torch.tensor([[[60.0, 60, 60]]]), labels=torch.tensor([[1]]), boxes=box)
+    assert point_and_box.shape == (1, 1, 32, 32, 32)
+
+
+@torch.no_grad()
+def test_tiny_encoder_handles_larger_grids(tiny):
+    # the encoder itself runs on any cube of whole patches (position table resized), e.g. 256^3 -> 16^3 tokens
+    out = tiny.image_encoder(torch.randn(1, 1, 256, 256, 256))
+    assert out.shape == (1, tiny.config.out_chans, 16, 16, 16)
+    assert torch.isfinite(out).all()
+
+
+def test_tiny_trains(tiny):
+    model = build_model("medsam3d-tiny", embed_dim=48, num_heads=2, out_chans=48, decoder_mlp_dim=64)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    image = torch.randn(1, 1, 128, 128, 128)
+    target = torch.zeros(1, 1, 32, 32, 32)
+    target[..., 10:20, 10:20, 10:20] = 1
+    points, labels = torch.tensor([[[60.0, 60, 60]]]), torch.tensor([[1]])
+    losses = []
+    for _ in range(4):
+        logits, _ = model(image, points=points, labels=labels)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is not None for p in model.image_encoder.parameters())
