@@ -1,0 +1,228 @@
+"""The ``medsam3d`` command line. Thin: parse, call the library, print.
+
+Errors a user can cause print one line and exit with code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import InputError
+from .prompts import FRAMES, check_frame, parse_numbers
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Promptable 3D segmentation of CT and MRI: click, get the 3D mask in the scan's geometry.")
+err = Console(stderr=True)
+_state = {"debug": False}
+
+SEGMENT_EXAMPLES = """
+
+Examples:
+
+\b
+  medsam3d segment ct.nii.gz --point 250,180,95 -o liver.nii.gz --model sam-med3d --checkpoint turbo.pth
+  medsam3d segment ct.nii.gz --point -60.5,20,110 --coords ras -o mask.nrrd
+  medsam3d segment dicom_dir/ --series 1.2.840.. --point 200,210,40 --negative 180,200,40 -o m.nii.gz
+  medsam3d segment ct.nii.gz --prompts objects.json -o labels.nii.gz    (a label per object)
+"""
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+          version: bool = typer.Option(False, "--version", help="print the version and exit")) -> None:
+    _state["debug"] = debug
+    if version:
+        typer.echo(f"medsam3d {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command(help="Segment the structure under the prompts; write a mask with the input's exact geometry."
+                  + SEGMENT_EXAMPLES)
+def segment(
+    input: Path = typer.Argument(..., help="scan: .nii/.nii.gz/.nrrd/.mha/.mhd, a DICOM folder or a .zip of one"),
+    output: Path = typer.Option(..., "-o", "--output", help="mask file: .nii.gz, .nii, .nrrd or .mha"),
+    point: List[str] = typer.Option([], "--point", help="positive point X,Y,Z (repeatable)"),
+    negative: List[str] = typer.Option([], "--negative", help="negative point X,Y,Z (repeatable)"),
+    box: Optional[str] = typer.Option(None, "--box", help="box X0,Y0,Z0,X1,Y1,Z1 (models that take boxes)"),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="a previous mask of this scan to refine"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSON list of objects -> one label map"),
+    coords: str = typer.Option("ijk", "--coords", help="frame of the coordinates: ijk (voxels), ras or lps (mm)"),
+    series: Optional[str] = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several"),
+    model: str = typer.Option("default", "--model", help="model name or YAML config"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights for --model"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads"),
+    probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="also write a float probability map"),
+    report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report of the run"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="print nothing but errors"),
+    verbose: bool = typer.Option(False, "--verbose", help="print timings"),
+) -> None:
+    from .io import check_writable, read_volume, write_volume
+    from .prompts import resolve
+    from .segmenter import Segmenter
+
+    started = time.perf_counter()
+    say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
+    frame = check_frame(coords)
+    objects = _objects_from_options(point, negative, box, prompts, frame)
+    # everything that can be checked before the work is checked before the work
+    outputs = [check_writable(output)] + ([check_writable(probabilities)] if probabilities else [])
+    for out in outputs:
+        if input.exists() and out.exists() and out.resolve() == input.resolve():
+            raise InputError(f"output {out} is the input; medsam3d never overwrites an input")
+    if probabilities and probabilities.resolve() == output.resolve():
+        raise InputError("--probabilities must be a different file from --output")
+    if not input.exists():
+        raise InputError(f"input not found: {input}")
+    if checkpoint is not None and not checkpoint.is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
+    volume = segmenter.set_volume(input, series)
+    prior = read_volume(mask).array if mask is not None else None
+    if prior is not None and prior.shape != volume.shape:
+        raise InputError(f"--mask has shape {prior.shape}, the scan {volume.shape}")
+
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    probs = np.zeros(volume.shape, dtype=np.float32) if probabilities else None
+    resolved, ious = [], []
+    for obj in objects:
+        p = resolve(volume, obj["point"], obj["negative"], obj["box"], prior, obj["coords"])
+        for line in p.describe(volume):
+            say(f"label {obj['label']}: {line}")
+        result = segmenter.predict_prompts(p, probabilities=probabilities is not None)
+        labels[result.mask.array > 0] = obj["label"]
+        if probs is not None:
+            np.maximum(probs, result.probabilities.array, out=probs)
+        resolved.append({"label": obj["label"], "prompts": p.describe(volume), "windows": len(result.windows),
+                         "volume_ml": result.volume_ml, "timings_s": result.timings})
+        ious.append(result.iou)
+        say(f"label {obj['label']}: {result.volume_ml:.1f} ml in {len(result.windows)} window(s)")
+    write_volume(volume.with_array(labels), output)
+    if probs is not None:
+        write_volume(volume.with_array(probs), probabilities)
+    say(f"wrote {output}")
+    if report:
+        info = {
+            "medsam3d": __version__, "input": str(input), "output": str(output), "shape": list(volume.shape),
+            "spacing": volume.spacing.tolist(), "model": getattr(segmenter.model, "name", str(model)),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": _sha256(checkpoint) if checkpoint else None,
+            "objects": resolved, "predicted_iou": ious, "total_s": time.perf_counter() - started,
+        }
+        _write_json_atomic(report, info)
+    if verbose:
+        say(f"total {time.perf_counter() - started:.2f} s")
+
+
+def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dict]:
+    if prompts_file is not None:
+        if point or negative or box:
+            raise InputError("give prompts either on the command line or in --prompts, not both")
+        try:
+            data = json.loads(Path(prompts_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read --prompts {prompts_file}: {exc}") from None
+        if not isinstance(data, list) or not data:
+            raise InputError("--prompts must hold a JSON list of objects, e.g. [{\"point\": [[x, y, z]]}]")
+        objects = []
+        for n, item in enumerate(data, start=1):
+            if not isinstance(item, dict):
+                raise InputError(f"--prompts entry {n} is not an object")
+            objects.append({
+                "label": int(item.get("label", n)),
+                "point": [_triplet(p) for p in item.get("point", [])],
+                "negative": [_triplet(p) for p in item.get("negative", [])],
+                "box": parse_numbers(",".join(map(str, item["box"])), 6, "box") if "box" in item else None,
+                "coords": check_frame(item.get("coords", frame)),
+            })
+        return objects
+    return [{
+        "label": 1,
+        "point": [parse_numbers(p, 3, "--point") for p in point],
+        "negative": [parse_numbers(p, 3, "--negative") for p in negative],
+        "box": parse_numbers(box, 6, "--box") if box else None,
+        "coords": frame,
+    }]
+
+
+def _triplet(value) -> list[float]:
+    text = value if isinstance(value, str) else ",".join(map(str, value))
+    return parse_numbers(text, 3, "point")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps asked for, but MPS is not available")
+    return name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"report folder does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="medsam3d", standalone_mode=False)
+    except InputError as exc:
+        if debug:
+            raise
+        err.print(f"medsam3d: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("medsam3d: interrupted", markup=False)
+        return 130
+    except Exception as exc:  # click usage errors and the rest
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return 2
+        if debug:
+            raise
+        err.print(f"medsam3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                  markup=False, highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Between the scan's grid and the model's: crop windows in model space, normalisation, and paste-back.
+
+SAM-Med3D-family models were trained on crops made by resampling to 1.5 mm, reorienting to RAS+ and cropping
+128^3, then z-normalising over voxels > 0, with tensor axes in canonical (x, y, z) order. A ``Window`` is such a
+crop, placed anywhere in the world: axis 0 points to patient Right (-L), axis 1 to Anterior (-P), axis 2 to
+Superior, with isotropic spacing. The user's image is resampled into it (never modified), and the model's
+logits are resampled back onto the user's own grid, inside the window's footprint only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .io import Volume, _ijk_from_sitk_array, _sitk_array_from_ijk
+
+RAS_DIRECTION_IN_LPS = np.diag([-1.0, -1.0, 1.0])  # columns: R, A, S expressed in LPS
+
+
+@dataclass(frozen=True)
+class Window:
+    """A size^3 crop of model space (RAS+, isotropic ``spacing``) centred on ``center_lps``."""
+
+    center_lps: tuple[float, float, float]
+    size: int = 128
+    spacing: float = 1.5
+
+    @property
+    def origin_lps(self) -> np.ndarray:
+        """LPS position of window voxel (0, 0, 0)."""
+        half = (self.size - 1) / 2 * self.spacing
+        return np.asarray(self.center_lps) - RAS_DIRECTION_IN_LPS @ np.full(3, half)
+
+    def lps_to_voxel(self, lps: np.ndarray) -> np.ndarray:  # (..., 3) -> window voxel coordinates
+        return (np.asarray(lps) - self.origin_lps) @ RAS_DIRECTION_IN_LPS / self.spacing
+
+    def voxel_to_lps(self, voxel: np.ndarray) -> np.ndarray:
+        return np.asarray(voxel) * self.spacing @ RAS_DIRECTION_IN_LPS.T + self.origin_lps
+
+    def contains(self, lps: np.ndarray, margin: float = 0.0) -> bool:
+        v = self.lps_to_voxel(np.atleast_2d(lps))
+        return bool(((v >= margin) & (v <= self.size - 1 - margin)).all())
+
+    def reference_image(self) -> sitk.Image:
+        image = sitk.Image([self.size] * 3, sitk.sitkFloat32)
+        image.SetSpacing([self.spacing] * 3)
+        image.SetOrigin(tuple(float(x) for x in self.origin_lps))
+        image.SetDirection(tuple(RAS_DIRECTION_IN_LPS.reshape(-1)))
+        return image
+
+    def footprint(self, volume: Volume) -> tuple[slice, slice, slice]:
+        """Index box of ``volume`` covered by this window (clipped to the image)."""
+        corners = np.array([[a, b, c] for a in (0, self.size - 1) for b in (0, self.size - 1)
+                            for c in (0, self.size - 1)], dtype=np.float64)
+        ijk = volume.lps_to_ijk(self.voxel_to_lps(corners))
+        lo = np.clip(np.floor(ijk.min(0)).astype(int), 0, volume.shape)
+        hi = np.clip(np.ceil(ijk.max(0)).astype(int) + 1, 0, volume.shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def crop_window(source: sitk.Image, window: Window, fill: float) -> np.ndarray:
+    """Resample the scan into the window (linear); outside the scan = ``fill``. -> (size, size, size) float32."""
+    resampled = sitk.Resample(source, window.reference_image(), sitk.Transform(), sitk.sitkLinear, float(fill),
+                              sitk.sitkFloat32)
+    return _ijk_from_sitk_array(sitk.GetArrayFromImage(resampled))
+
+
+def zscore_foreground(crop: np.ndarray) -> np.ndarray:
+    """SAM-Med3D's normalisation: z-score with mean and std over voxels > 0 (whole crop if none)."""
+    foreground = crop[crop > 0]
+    values = foreground if foreground.size > 1 else crop.reshape(-1)
+    std = float(values.std())
+    return ((crop - float(values.mean())) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+
+
+def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: float = -20.0
+               ) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """Window logits (size^3, model space) -> logits on ``volume``'s own grid inside the window's footprint.
+
+    Returns the index box and the float32 logits there (linear interpolation; ``outside`` beyond the window).
+    """
+    box = window.footprint(volume)
+    lo = np.array([s.start for s in box])
+    size = [s.stop - s.start for s in box]
+    if min(size) <= 0:
+        return box, np.zeros(size, dtype=np.float32)
+    src = sitk.GetImageFromArray(_sitk_array_from_ijk(logits.astype(np.float32)))
+    src.SetSpacing([window.spacing] * 3)
+    src.SetOrigin(tuple(float(x) for x in window.origin_lps))
+    src.SetDirection(tuple(RAS_DIRECTION_IN_LPS.reshape(-1)))
+    ref = sitk.Image(size, sitk.sitkFloat32)
+    ref.SetSpacing(tuple(float(s) for s in volume.spacing))
+    ref.SetOrigin(tuple(float(x) for x in volume.ijk_to_lps(lo)))
+    ref.SetDirection(tuple(float(d) for d in volume.direction.reshape(-1)))
+    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(outside), sitk.sitkFloat32)
+    return box, _ijk_from_sitk_array(sitk.GetArrayFromImage(out))
+
+
+def mask_to_window(mask: np.ndarray, volume: Volume, window: Window) -> np.ndarray:
+    """A bool mask on the volume's grid -> fraction-covered map (size^3, float32) in the window."""
+    image = sitk.GetImageFromArray(_sitk_array_from_ijk(mask.astype(np.float32)))
+    volume.copy_geometry_to(image)
+    return crop_window(image, window, 0.0)

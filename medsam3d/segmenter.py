@@ -1,0 +1,285 @@
+"""``Segmenter``: a scan and prompts in, a mask on the scan's own grid out. The CLI, the Slicer bridge and the
+evaluator are thin layers over it.
+
+    seg = Segmenter(model="sam-med3d", checkpoint="sam_med3d_turbo.pth")
+    seg.set_volume("scan.nii.gz")
+    result = seg.predict(points=[(120, 88, 40)])          # voxel indices (ijk) of the scan
+    result.mask                                           # Volume, uint8, the scan's exact geometry
+
+Per prompt set: choose a 128^3 model-space window around the prompts (or reuse a cached one that holds them),
+encode it once (cached), decode, bring the logits back onto the scan's grid. If the object touches the window's
+border it grows into neighbouring windows centred on that border, seeded with the mask so far, until it stops
+touching or ``max_windows`` is reached.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .errors import InputError
+from .io import Volume, nifti_header, read_sitk
+from .preprocess import Window, crop_window, mask_to_window, paste_back, zscore_foreground
+from .prompts import Frame, Prompts, resolve
+
+GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
+
+
+class PromptableModel(Protocol):
+    """What the Segmenter needs of a model (``PromptableModel3D`` or a stand-in in tests)."""
+
+    config: Any  # .img_size, .box_prompts
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, embedding: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class Result:
+    mask: Volume  # uint8 on the input grid
+    probabilities: Optional[Volume]  # float32 in [0, 1] when asked for
+    windows: list[Window]
+    iou: list[float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def volume_ml(self) -> float:
+        return float(self.mask.array.sum() * np.prod(self.mask.spacing) / 1000.0)
+
+
+def load_model(model: str | PromptableModel, checkpoint: Optional[str | Path], device: str,
+               allow_random_weights: bool = False) -> PromptableModel:
+    """Name / YAML + checkpoint -> model on ``device``; refuses untrained weights unless told otherwise."""
+    if not isinstance(model, str):
+        return model
+    from .models import build_model
+
+    if model == "default":
+        from .store import default_model
+
+        model, checkpoint = default_model()
+    built = build_model(model, checkpoint=checkpoint, device=device)
+    if not built.is_trained and not allow_random_weights:
+        missing = ", ".join(p for p, s in built.weight_sources.items() if s == "random")
+        raise InputError(f"model {built.name} has no trained weights for its {missing}; pass --checkpoint PATH "
+                         "(a random-weight model would not be a segmentation)")
+    return built
+
+
+class Segmenter:
+    def __init__(self, model: str | PromptableModel = "default", checkpoint: Optional[str | Path] = None,
+                 device: str = "cpu", threads: Optional[int] = None, max_windows: int = 8,
+                 allow_random_weights: bool = False) -> None:
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = torch.device(device)
+        self.model = load_model(model, checkpoint, str(self.device), allow_random_weights)
+        self.size = int(self.model.config.img_size)
+        self.max_windows = max_windows
+        self.volume: Optional[Volume] = None
+        self._source = None  # SimpleITK image of the volume, for resampling
+        self._fill = 0.0
+        self._embeddings: dict[tuple, torch.Tensor] = {}
+        self._last_logits: dict[tuple, torch.Tensor] = {}  # previous low-res logits per window (refinement)
+
+    # ------------------------------------------------------------------ volume
+    def set_volume(self, volume: Volume | str | Path, series_uid: Optional[str] = None) -> Volume:
+        """Load (or take) the scan; clears the embedding cache."""
+        if isinstance(volume, Volume):
+            self.volume = volume
+            self._source = volume.to_sitk()
+        else:
+            self._source = read_sitk(volume, series_uid)
+            self.volume = Volume.from_sitk(self._source)
+            self.volume.nifti_header = nifti_header(volume)
+        self._fill = float(self.volume.array.min())
+        self._embeddings.clear()
+        self._last_logits.clear()
+        return self.volume
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, points: Sequence[Sequence[float]] = (), labels: Optional[Sequence[int]] = None,
+                box: Optional[Sequence[float]] = None, mask: Optional[np.ndarray] = None, frame: Frame = "ijk",
+                probabilities: bool = False, refine: bool = False) -> Result:
+        """Segment the object the prompts point at. ``points`` with ``labels`` (1 positive, 0 negative, default
+        all positive); ``box`` as two corners (6 numbers); ``mask`` a previous mask on the volume's grid;
+        ``refine`` feeds the previous low-res logits of the same window back as the mask prompt."""
+        if self.volume is None:
+            raise InputError("no volume set: call set_volume first")
+        labels = [1] * len(points) if labels is None else list(labels)
+        if len(labels) != len(points):
+            raise InputError(f"{len(points)} points but {len(labels)} labels")
+        if set(labels) - {0, 1}:
+            raise InputError(f"labels must be 1 (positive) or 0 (negative), got {sorted(set(labels))}")
+        pos = [p for p, lab in zip(points, labels) if lab == 1]
+        neg = [p for p, lab in zip(points, labels) if lab == 0]
+        prompts = resolve(self.volume, pos, neg, box, mask, frame)
+        return self.predict_prompts(prompts, probabilities, refine)
+
+    def predict_prompts(self, prompts: Prompts, probabilities: bool = False, refine: bool = False) -> Result:
+        volume = self.volume
+        timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
+        first = self._choose_window(prompts)
+        pieces: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
+        windows, ious = [], []
+        queue: list[tuple[Window, Optional[np.ndarray]]] = [(first, None)]
+        while queue and len(windows) < self.max_windows:
+            window, prior = queue.pop(0)
+            logits128, iou = self._predict_window(window, prompts, prior, refine and not windows, timings)
+            t0 = time.perf_counter()
+            pieces.append(paste_back(logits128, window, volume))
+            timings["resample"] += time.perf_counter() - t0
+            windows.append(window)
+            ious.append(iou)
+            for grown in self._growth(window, logits128):
+                if all(np.linalg.norm(np.subtract(grown[0].center_lps, w.center_lps)) > self.size * 0.375 *
+                       grown[0].spacing for w in windows + [q[0] for q in queue]):
+                    queue.append(grown)
+        return self._assemble(pieces, windows, ious, probabilities, timings)
+
+    # ------------------------------------------------------------------ steps
+    def _choose_window(self, prompts: Prompts) -> Window:
+        """A cached window holding every prompt with room around it, else one centred on the positive prompts."""
+        volume = self.volume
+        if len(prompts.points) and (prompts.labels == 1).any():
+            anchor = prompts.points[prompts.labels == 1]
+        elif prompts.box is not None:
+            anchor = prompts.box
+        elif prompts.mask is not None:
+            anchor = np.argwhere(prompts.mask).mean(0, keepdims=True)
+        else:
+            anchor = prompts.points
+        every_prompt = volume.ijk_to_lps(np.concatenate([prompts.points, anchor]))
+        for center in self._embeddings:
+            window = Window(center, self.size)
+            if window.contains(every_prompt, margin=16):
+                return window
+        center = volume.ijk_to_lps(np.asarray(anchor).mean(0))
+        spacing = Window.spacing
+        # snap to the model-space lattice so cached and grown windows line up voxel for voxel
+        snapped = np.round(center / spacing) * spacing
+        return Window(tuple(float(c) for c in snapped), self.size, spacing)
+
+    def _embedding(self, window: Window, timings: dict) -> torch.Tensor:
+        key = window.center_lps
+        if key not in self._embeddings:
+            t0 = time.perf_counter()
+            crop = zscore_foreground(crop_window(self._source, window, self._fill))
+            image = torch.from_numpy(crop)[None, None].to(self.device)
+            with torch.inference_mode():
+                self._embeddings[key] = self.model.encode(image)
+            timings["encode"] += time.perf_counter() - t0
+        return self._embeddings[key]
+
+    def _predict_window(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray], refine: bool,
+                        timings: dict) -> tuple[np.ndarray, float]:
+        """Decode one window -> logits (size^3, model space) and the predicted IoU."""
+        volume = self.volume
+        emb = self._embedding(window, timings)
+        t0 = time.perf_counter()
+        kwargs: dict[str, Any] = {}
+        pts = window.lps_to_voxel(volume.ijk_to_lps(prompts.points)) if len(prompts.points) else np.zeros((0, 3))
+        inside = ((pts >= 0) & (pts <= self.size - 1)).all(1)
+        pts, labels = pts[inside], prompts.labels[inside]
+        if prior is not None:  # a grown window: seed with points deep inside the mask so far
+            seeds = _interior_points(prior > 0, 2)
+            pts = np.concatenate([pts, seeds])
+            labels = np.concatenate([labels, np.ones(len(seeds), dtype=np.int64)])
+        if len(pts):
+            kwargs["points"] = torch.tensor(pts, dtype=torch.float32, device=self.device)[None]
+            kwargs["labels"] = torch.tensor(labels, dtype=torch.long, device=self.device)[None]
+        if prompts.box is not None and prior is None:
+            corners = np.array([[prompts.box[a][0], prompts.box[b][1], prompts.box[c][2]]
+                                for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+            wv = np.clip(window.lps_to_voxel(volume.ijk_to_lps(corners)), 0, self.size - 1)
+            kwargs["boxes"] = torch.tensor(np.concatenate([wv.min(0), wv.max(0)]), dtype=torch.float32,
+                                           device=self.device)[None]
+        low_res_shape = (self.size // 4,) * 3
+        if prior is not None:
+            kwargs["mask_input"] = _to_low_res(torch.from_numpy(prior), low_res_shape).to(self.device)
+        elif prompts.mask is not None:
+            frac = torch.from_numpy(mask_to_window(prompts.mask, volume, window))
+            kwargs["mask_input"] = _to_low_res((frac - 0.5) * 20.0, low_res_shape).to(self.device)
+        elif refine and window.center_lps in self._last_logits:
+            kwargs["mask_input"] = self._last_logits[window.center_lps]
+        if not kwargs:
+            raise InputError("no prompt falls inside the model window; put the prompts closer together")
+        with torch.inference_mode():
+            low_res, iou = self.model.decode(emb, **kwargs)
+        self._last_logits[window.center_lps] = low_res[:, :1]
+        logits = F.interpolate(low_res[:, :1].float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
+        timings["decode"] += time.perf_counter() - t0
+        return logits[0, 0].cpu().numpy(), float(iou.reshape(-1)[0])
+
+    def _growth(self, window: Window, logits: np.ndarray) -> list[tuple[Window, np.ndarray]]:
+        """Windows to grow into: one per face where the object touches the border (and the scan continues)."""
+        grown = []
+        inside = logits > 0
+        if not inside.any():
+            return grown
+        step = self.size - GROW_OVERLAP
+        for axis in range(3):
+            for side, index in ((-1, 0), (1, self.size - 1)):
+                face = np.take(inside, index, axis=axis)
+                if face.sum() < 4:
+                    continue
+                offset = np.zeros(3, dtype=int)
+                # centre the new window on the border region in the other two axes
+                other = [a for a in range(3) if a != axis]
+                centroid = np.argwhere(face).mean(0)
+                for a, c in zip(other, centroid):
+                    offset[a] = int(round(c - (self.size - 1) / 2))
+                offset[axis] = side * step
+                new_center = window.voxel_to_lps(np.full(3, (self.size - 1) / 2) + offset)
+                candidate = Window(tuple(float(c) for c in new_center), self.size, window.spacing)
+                if not self._overlaps_volume(candidate):
+                    continue
+                grown.append((candidate, _shift(logits, offset, fill=-20.0)))
+        return grown
+
+    def _overlaps_volume(self, window: Window) -> bool:
+        box = window.footprint(self.volume)
+        return all(s.stop - s.start > 0 for s in box)
+
+    def _assemble(self, pieces, windows, ious, probabilities: bool, timings) -> Result:
+        volume = self.volume
+        mask = np.zeros(volume.shape, dtype=np.uint8)
+        prob = np.zeros(volume.shape, dtype=np.float32) if probabilities else None
+        for box, logits in pieces:
+            mask[box] |= (logits > 0).astype(np.uint8)
+            if prob is not None:
+                np.maximum(prob[box], 1.0 / (1.0 + np.exp(-logits)), out=prob[box])
+        return Result(volume.with_array(mask), volume.with_array(prob) if prob is not None else None, windows,
+                      ious, timings)
+
+
+def _to_low_res(logits: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """(S, S, S) map -> (1, 1, S/4, S/4, S/4) by averaging."""
+    return F.adaptive_avg_pool3d(logits.float()[None, None], shape)
+
+
+def _shift(array: np.ndarray, offset: np.ndarray, fill: float) -> np.ndarray:
+    """Window-space map seen from a window whose voxel 0 sits at ``offset`` of this one's."""
+    out = np.full_like(array, fill)
+    n = array.shape[0]
+    src = tuple(slice(max(o, 0), n + min(o, 0)) for o in offset)
+    dst = tuple(slice(max(-o, 0), n - max(o, 0)) for o in offset)
+    out[dst] = array[src]
+    return out
+
+
+def _interior_points(mask: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` voxels deepest inside ``mask`` (farthest from its boundary)."""
+    if not mask.any():
+        return np.zeros((0, 3))
+    depth = ndimage.distance_transform_edt(mask)
+    flat = np.argsort(depth.reshape(-1))[::-1][:count]
+    return np.stack(np.unravel_index(flat, mask.shape), 1).astype(np.float64)

@@ -1,0 +1,59 @@
+"""Geometry end to end: prompts in any frame hit the same voxels, masks overlay the object in every orientation
+and format, and the written mask has the input's exact geometry. The model is a thresholding stand-in, so the
+geometry is proven apart from learned weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsam3d.io import read_volume, write_volume
+from medsam3d.segmenter import Segmenter
+
+from helpers import GEOMETRIES, SPHERE_CENTER_LPS, ThresholdModel, dice, sphere_volume
+
+
+@pytest.mark.parametrize("fmt", [".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_clicks_in_every_frame_segment_the_sphere(tmp_path, geometry, fmt):
+    volume, truth = sphere_volume(geometry)
+    scan = write_volume(volume, tmp_path / f"scan{fmt}")
+    model = ThresholdModel()
+    seg = Segmenter(model=model)
+    loaded = seg.set_volume(scan)
+    np.testing.assert_array_equal(loaded.array, volume.array)
+    centre_ijk = loaded.lps_to_ijk(SPHERE_CENTER_LPS)
+    clicks = {"ijk": centre_ijk, "ras": SPHERE_CENTER_LPS * [-1, -1, 1], "lps": SPHERE_CENTER_LPS}
+    masks = {frame: seg.predict(points=[xyz], frame=frame).mask for frame, xyz in clicks.items()}
+    assert model.encode_calls == 1  # the same window, encoded once, for all three clicks
+    for frame, mask in masks.items():
+        assert dice(mask.array, truth) >= 0.95, frame
+        np.testing.assert_array_equal(mask.array, masks["ijk"].array)
+
+    out = write_volume(masks["ras"], tmp_path / f"mask{fmt}")
+    written = read_volume(out)
+    assert written.shape == loaded.shape
+    assert written.array.dtype == np.uint8
+    np.testing.assert_array_equal(written.spacing, loaded.spacing)
+    np.testing.assert_array_equal(written.origin, loaded.origin)
+    np.testing.assert_array_equal(written.direction, loaded.direction)
+    np.testing.assert_array_equal(written.array, masks["ras"].array)
+
+
+def test_object_larger_than_a_window_grows_into_neighbours():
+    # a 260 mm long bright slab: longer than one 192 mm window
+    volume, _ = sphere_volume("lps", extent_mm=300.0, radius=1.0)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in volume.shape], indexing="ij"), -1)
+    lps = volume.ijk_to_lps(ijk.reshape(-1, 3)).reshape(*volume.shape, 3)
+    rel = lps - SPHERE_CENTER_LPS
+    truth = (np.abs(rel[..., 0]) <= 130) & (np.abs(rel[..., 1]) <= 25) & (np.abs(rel[..., 2]) <= 25)
+    volume.array = np.where(truth, 100, 10).astype(np.int16)
+    seg = Segmenter(model=ThresholdModel(), max_windows=6)
+    seg.set_volume(volume)
+    single = Segmenter(model=ThresholdModel(), max_windows=1)
+    single.set_volume(volume)
+    one = single.predict(points=[volume.lps_to_ijk(SPHERE_CENTER_LPS)])
+    grown = seg.predict(points=[volume.lps_to_ijk(SPHERE_CENTER_LPS)])
+    assert len(one.windows) == 1 and dice(one.mask.array, truth) < 0.85
+    assert len(grown.windows) >= 2
+    assert dice(grown.mask.array, truth) >= 0.95
