@@ -39,7 +39,7 @@ Examples:
 """
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
           version: bool = typer.Option(False, "--version", help="print the version and exit")) -> None:
     _state["debug"] = debug
@@ -210,12 +210,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         err.print("medsam3d: interrupted", markup=False)
         return 130
-    except Exception as exc:  # click usage errors and the rest
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (click's or typer's own) and the rest
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
             exc.show()
-            return 2
+            return int(exc.exit_code) or 2
         if debug:
             raise
         err.print(f"medsam3d: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",

@@ -126,11 +126,49 @@ def read_sitk(path: str | os.PathLike, series_uid: Optional[str] = None) -> sitk
     else:
         if path.stat().st_size == 0:
             raise InputError(f"input file is empty: {path}")
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_file(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"cannot read {path}: {_first_line(exc)}") from None
     return _check_image(image, path)
+
+
+def _check_nifti_file(path: Path) -> None:
+    """What ITK's NIfTI reader lets through silently: truncated data (read as zeros) and NaN/inf (read as 0)."""
+    import gzip
+
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read {path}: {_first_line(exc)}") from None
+    header = image.header
+    expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as f:  # gzip's trailer holds the uncompressed size (mod 2^32)
+            f.seek(-4, os.SEEK_END)
+            stored = int.from_bytes(f.read(4), "little")
+        if stored != expected % 2**32:  # not conclusive (multi-member gzip): decompress to be sure
+            try:
+                with gzip.open(path, "rb") as f:
+                    size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
+            except (EOFError, OSError, gzip.BadGzipFile):
+                size = -1
+            if size < expected:
+                raise InputError(f"{path} is truncated or corrupt: its data end before the {expected} bytes "
+                                 "its header announces")
+    elif path.stat().st_size < expected:
+        raise InputError(f"{path} is truncated: {path.stat().st_size} bytes, its header announces {expected}")
+    if np.issubdtype(header.get_data_dtype(), np.floating):
+        try:
+            finite = np.isfinite(np.asanyarray(image.dataobj)).all()
+        except Exception as exc:
+            raise InputError(f"cannot read {path}: {_first_line(exc)}") from None
+        if not finite:
+            raise InputError(f"{path} contains NaN or infinite voxel values")
 
 
 def _first_line(exc: Exception) -> str:
