@@ -64,6 +64,8 @@ def segment(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights for --model"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads"),
+    max_windows: int = typer.Option(8, "--max-windows", min=1,
+                                    help="most 128^3 windows an object may grow into"),
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="also write a float probability map"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report of the run"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print nothing but errors"),
@@ -88,7 +90,8 @@ def segment(
         raise InputError(f"input not found: {input}")
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
+    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads,
+                          max_windows=max_windows)
     volume = segmenter.set_volume(input, series)
     prior = read_volume(mask).array if mask is not None else None
     if prior is not None and prior.shape != volume.shape:

@@ -57,3 +57,18 @@ def test_object_larger_than_a_window_grows_into_neighbours():
     assert len(one.windows) == 1 and dice(one.mask.array, truth) < 0.85
     assert len(grown.windows) >= 2
     assert dice(grown.mask.array, truth) >= 0.95
+
+
+def test_api_entry_point_and_refinement_reuse_the_cached_window():
+    from medsam3d import Segmenter as PublicSegmenter
+
+    volume, truth = sphere_volume("ras")
+    model = ThresholdModel()
+    seg = PublicSegmenter(model=model)
+    seg.set_volume(volume)
+    centre = volume.lps_to_ijk(SPHERE_CENTER_LPS)
+    first = seg.predict(points=[centre])
+    second = seg.predict(points=[centre, centre + [6, 0, 0]], labels=[1, 0], refine=True)
+    assert model.encode_calls == 1 and model.decode_calls == 2
+    assert second.windows == first.windows
+    assert dice(second.mask.array, truth) >= 0.95

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""`medsam3d segment` on a 512 x 512 x 300 CT-like volume: process start to written mask, against reading and
+writing the same volume with SimpleITK in this run; peak memory; and a further click on a cached window.
+
+    python scripts/bench_segment.py [--model medsam3d-tiny] [--threads 2] [--repeats 3]
+
+Until a trained default ships, the model runs with random weights saved to a temporary checkpoint: the mask it
+writes is not a segmentation. Random weights mark everything, which would make the object grow into every
+window, so growth is capped at one window (``--max-windows 1``) to time the pipeline of a one-window object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+
+def ct_like(shape=(512, 512, 300)) -> sitk.Image:
+    rng = np.random.default_rng(0)
+    k, j, i = np.ogrid[: shape[2], : shape[1], : shape[0]]
+    body = ((i - 256) / 230.0) ** 2 + ((j - 256) / 180.0) ** 2 <= 1
+    array = np.where(body, 40, -1000).astype(np.int16) + rng.integers(-20, 20, (shape[2], 1, shape[0]), dtype=np.int16)
+    liver = ((i - 180) / 70.0) ** 2 + ((j - 230) / 60.0) ** 2 + ((k - 150) / 60.0) ** 2 <= 1
+    array = np.where(liver, 120, array).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.75, 0.75, 1.0))
+    image.SetOrigin((-190.0, -190.0, -150.0))
+    return image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="medsam3d-tiny")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+
+    from medsam3d.models import build_model
+    from medsam3d.segmenter import Segmenter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        scan = tmp / "ct.nii.gz"
+        sitk.WriteImage(ct_like(), str(scan), useCompression=True)
+        ckpt = tmp / "weights.pth"
+        torch.save(build_model(args.model).state_dict(), ckpt)
+
+        def read_write() -> None:
+            sitk.WriteImage(sitk.ReadImage(str(scan)), str(tmp / "copy.nii.gz"), useCompression=True)
+
+        def segment() -> None:
+            subprocess.run([sys.executable, "-m", "medsam3d", "segment", str(scan), "--point", "180,230,150",
+                            "-o", str(tmp / "mask.nii.gz"), "--model", args.model, "--checkpoint", str(ckpt),
+                            "--threads", str(args.threads), "--max-windows", "1", "-q"], check=True)
+
+        t_io = statistics.median(_times(read_write, args.repeats))
+        t_seg = statistics.median(_times(segment, args.repeats))
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+
+        seg = Segmenter(model=args.model, checkpoint=ckpt, threads=args.threads, max_windows=1)
+        seg.set_volume(scan)
+        seg.predict(points=[(180, 230, 150)])
+        t_click = statistics.median(_times(lambda: seg.predict(points=[(180, 230, 150), (200, 240, 150)]), 5))
+
+    print(f"volume 512x512x300 int16 (.nii.gz), model {args.model} (random weights, one window), "
+          f"{args.threads} threads, medians of {args.repeats}")
+    print(f"SimpleITK read + write          {t_io:6.2f} s")
+    print(f"medsam3d segment (process)      {t_seg:6.2f} s   overhead {t_seg - t_io:+.2f} s   "
+          f"ratio {t_seg / t_io:.2f}x")
+    print(f"peak RSS of a segment process   {peak_gb:6.2f} GB")
+    print(f"further click, cached window    {t_click:6.3f} s (API: decode + paste-back)")
+
+
+def _times(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+if __name__ == "__main__":
+    main()
