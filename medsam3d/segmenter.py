@@ -79,7 +79,10 @@ class Segmenter:
                  device: str = "cpu", threads: Optional[int] = None, max_windows: int = 8,
                  allow_random_weights: bool = False) -> None:
         if threads:
+            import SimpleITK as sitk
+
             torch.set_num_threads(int(threads))
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
         self.device = torch.device(device)
         self.model = load_model(model, checkpoint, str(self.device), allow_random_weights)
         self.size = int(self.model.config.img_size)

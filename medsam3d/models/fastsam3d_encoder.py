@@ -16,7 +16,7 @@ from torch import nn
 
 from .common import MLPBlock, PatchEmbed3D, make_neck
 from .config import FastSam3DConfig
-from .relpos_attention import RelPosAttention3D
+from .vit_encoder import ViTBlock3D
 
 
 class AttentionFreeBlock3D(nn.Module):
@@ -32,17 +32,8 @@ class AttentionFreeBlock3D(nn.Module):
         return x + self.mlp(x)
 
 
-class StudentBlock3D(nn.Module):
-    """FastSAM3D's attention block: pre-norm attention, then the post-norm MLP quirk."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, use_rel_pos: bool,
-                 window_size: int, grid: int, eps: float) -> None:
-        super().__init__()
-        self.window_size = window_size
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = RelPosAttention3D(dim, num_heads, qkv_bias, use_rel_pos, window_size or grid)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+class StudentBlock3D(ViTBlock3D):
+    """FastSAM3D's attention block: SAM's layers and keys, pre-norm attention, then the post-norm MLP quirk."""
 
     def forward(self, x: torch.Tensor, padded_reference: bool = False) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), self.window_size, padded_reference)
@@ -84,8 +75,5 @@ class FastSam3DEncoder(nn.Module):
         features.append(self.neck(x.permute(0, 4, 1, 2, 3)))
         return features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x) + self.pos_embed
-        for block in self.blocks:
-            x = block(x, self.padded_reference) if isinstance(block, StudentBlock3D) else block(x)
-        return self.neck(x.permute(0, 4, 1, 2, 3))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, S, S, S) -> (B, out_chans, S/16, ..)
+        return self.forward_features(x)[-1]
