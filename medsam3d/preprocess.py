@@ -50,10 +50,11 @@ class Window:
         image.SetDirection(tuple(RAS_DIRECTION_IN_LPS.reshape(-1)))
         return image
 
-    def footprint(self, volume: Volume) -> tuple[slice, slice, slice]:
-        """Index box of ``volume`` covered by this window (clipped to the image)."""
-        corners = np.array([[a, b, c] for a in (0, self.size - 1) for b in (0, self.size - 1)
-                            for c in (0, self.size - 1)], dtype=np.float64)
+    def footprint(self, volume: Volume, lo: tuple = (0, 0, 0), hi: tuple = None) -> tuple[slice, slice, slice]:
+        """Index box of ``volume`` covered by window voxels ``lo``..``hi`` (default: all), clipped to the image."""
+        hi = (self.size - 1,) * 3 if hi is None else hi
+        corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])],
+                           dtype=np.float64)
         ijk = volume.lps_to_ijk(self.voxel_to_lps(corners))
         lo = np.clip(np.floor(ijk.min(0)).astype(int), 0, volume.shape)
         hi = np.clip(np.ceil(ijk.max(0)).astype(int) + 1, 0, volume.shape)
@@ -75,13 +76,23 @@ def zscore_foreground(crop: np.ndarray) -> np.ndarray:
     return ((crop - float(values.mean())) / (std if std > 1e-8 else 1.0)).astype(np.float32)
 
 
-def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: float = -20.0
-               ) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: float = -20.0,
+               positive_only: bool = False) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """Window logits (size^3, model space) -> logits on ``volume``'s own grid inside the window's footprint.
 
     Returns the index box and the float32 logits there (linear interpolation; ``outside`` beyond the window).
+    ``positive_only`` shrinks the box to the footprint of the window voxels with logits > 0, padded by one voxel:
+    any point outside it interpolates only non-positive values, so the thresholded mask is unchanged.
     """
-    box = window.footprint(volume)
+    if positive_only:
+        positive = np.argwhere(logits > 0)
+        if not len(positive):
+            return tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
+        lo = np.maximum(positive.min(0) - 1, 0)
+        hi = np.minimum(positive.max(0) + 1, window.size - 1)
+        box = window.footprint(volume, tuple(lo), tuple(hi))
+    else:
+        box = window.footprint(volume)
     lo = np.array([s.start for s in box])
     size = [s.stop - s.start for s in box]
     if min(size) <= 0:

@@ -138,7 +138,7 @@ class Segmenter:
             window, prior = queue.pop(0)
             logits128, iou = self._predict_window(window, prompts, prior, refine and not windows, timings)
             t0 = time.perf_counter()
-            pieces.append(paste_back(logits128, window, volume))
+            pieces.append(paste_back(logits128, window, volume, positive_only=not probabilities))
             timings["resample"] += time.perf_counter() - t0
             windows.append(window)
             ious.append(iou)
@@ -257,6 +257,8 @@ class Segmenter:
         mask = np.zeros(volume.shape, dtype=np.uint8)
         prob = np.zeros(volume.shape, dtype=np.float32) if probabilities else None
         for box, logits in pieces:
+            if logits.size == 0:
+                continue
             mask[box] |= (logits > 0).astype(np.uint8)
             if prob is not None:
                 np.maximum(prob[box], 1.0 / (1.0 + np.exp(-logits)), out=prob[box])

@@ -72,3 +72,22 @@ def test_api_entry_point_and_refinement_reuse_the_cached_window():
     assert model.encode_calls == 1 and model.decode_calls == 2
     assert second.windows == first.windows
     assert dice(second.mask.array, truth) >= 0.95
+
+
+def test_paste_back_of_the_positive_region_only_gives_the_same_mask():
+    from medsam3d.preprocess import Window, paste_back
+
+    volume, _ = sphere_volume("oblique")
+    window = Window(tuple(SPHERE_CENTER_LPS + [5.0, -3.0, 2.0]))
+    rng = np.random.default_rng(0)
+    logits = np.full((128, 128, 128), -3.0, dtype=np.float32)
+    logits[50:80, 40:90, 60:75] = rng.normal(0.5, 1.0, (30, 50, 15))
+    full = np.zeros(volume.shape, bool)
+    small = np.zeros(volume.shape, bool)
+    box, values = paste_back(logits, window, volume)
+    full[box] = values > 0
+    box_small, values_small = paste_back(logits, window, volume, positive_only=True)
+    small[box_small] = values_small > 0
+    assert values_small.size < values.size / 4
+    assert full.sum() > 1000
+    np.testing.assert_array_equal(small, full)
