@@ -20,7 +20,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import InputError
-from .prompts import FRAMES, check_frame, parse_numbers
+from .prompts import check_frame, parse_numbers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Promptable 3D segmentation of CT and MRI: click, get the 3D mask in the scan's geometry.")
