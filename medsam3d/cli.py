@@ -5,7 +5,6 @@ Errors a user can cause print one line and exit with code 2 (``--debug`` shows t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -121,12 +120,78 @@ def segment(
             "medsam3d": __version__, "input": str(input), "output": str(output), "shape": list(volume.shape),
             "spacing": volume.spacing.tolist(), "model": getattr(segmenter.model, "name", str(model)),
             "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_sha256": _sha256(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": segmenter.weights_sha256,
             "objects": resolved, "predicted_iou": ious, "total_s": time.perf_counter() - started,
         }
         _write_json_atomic(report, info)
     if verbose:
         say(f"total {time.perf_counter() - started:.2f} s")
+
+
+models_app = typer.Typer(no_args_is_help=True, help="The local model store ($MEDSAM3D_HOME).")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list", help="Models --model can name: installed, and published ones pull knows.")
+def models_list() -> None:
+    from . import store
+
+    for row in store.list_models():
+        state = "installed" if row["installed"] else "not pulled"
+        typer.echo(f"{row['name']:<20} {row['model']:<14} {state:<11} {row.get('about', row.get('source', ''))}")
+
+
+@models_app.command("info", help="Everything the store knows about one model.")
+def models_info(name: str = typer.Argument(...)) -> None:
+    from . import store
+
+    typer.echo(json.dumps(store.info(name), indent=2, default=str))
+
+
+@models_app.command("import", help="Copy a local checkpoint into the store (checked against its architecture).")
+def models_import(
+    path: Path = typer.Argument(..., help="checkpoint file"),
+    name: str = typer.Option(..., "--name", help="the name --model will use"),
+    model: str = typer.Option(..., "--model", help="architecture: sam-med3d, fastsam3d, medsam3d-tiny"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with architecture keys (non-default sizes)"),
+    decoder: Optional[str] = typer.Option(None, "--decoder", help="store name to take the decoder from"),
+) -> None:
+    from . import store
+
+    keys = _yaml_mapping(config) if config else {}
+    keys.pop("model", None)
+    entry = store.import_checkpoint(path, name, model, keys, decoder)
+    typer.echo(f"imported {name} ({entry['model']}), sha256 {entry['sha256']}")
+
+
+@models_app.command("pull", help="Download a published checkpoint (resumable; verified; checked).")
+def models_pull(
+    name: str = typer.Argument(..., help="sam-med3d-turbo or fastsam3d"),
+    url: Optional[str] = typer.Option(None, "--url", help="a mirror of the same file"),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="expected checksum"),
+) -> None:
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from . import store
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(f"pull {name}", total=None)
+        entry = store.pull(name, url=url, sha256=sha256,
+                           progress=lambda done, total: bar.update(task, completed=done, total=total))
+    typer.echo(f"pulled {name} ({entry['model']}), sha256 {entry['sha256']}")
+
+
+def _yaml_mapping(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a mapping of config keys")
+    return data
 
 
 def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dict]:
@@ -177,14 +242,6 @@ def _device(name: str) -> str:
     if name == "mps" and not torch.backends.mps.is_available():
         raise InputError("--device mps asked for, but MPS is not available")
     return name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

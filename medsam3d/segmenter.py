@@ -56,22 +56,29 @@ class Result:
 
 
 def load_model(model: str | PromptableModel, checkpoint: Optional[str | Path], device: str,
-               allow_random_weights: bool = False) -> PromptableModel:
-    """Name / YAML + checkpoint -> model on ``device``; refuses untrained weights unless told otherwise."""
+               allow_random_weights: bool = False) -> tuple[PromptableModel, Optional[str]]:
+    """Name / store name / YAML + checkpoint -> (model on ``device``, sha256 of its weights when known).
+
+    Refuses a model with random weights unless ``allow_random_weights`` (plumbing tests only)."""
     if not isinstance(model, str):
-        return model
+        return model, None
+    from . import store
     from .models import build_model
 
+    decoder, config, sha = None, {}, None
     if model == "default":
-        from .store import default_model
-
-        model, checkpoint = default_model()
-    built = build_model(model, checkpoint=checkpoint, device=device)
+        model, checkpoint = store.default_model()
+    elif checkpoint is None and (stored := store.resolve(model)) is not None:
+        model, checkpoint, decoder, config, sha = (stored.model, stored.checkpoint, stored.decoder_checkpoint,
+                                                    stored.config, stored.sha256)
+    built = build_model(model, checkpoint=checkpoint, decoder_checkpoint=decoder, device=device, **config)
     if not built.is_trained and not allow_random_weights:
         missing = ", ".join(p for p, s in built.weight_sources.items() if s == "random")
         raise InputError(f"model {built.name} has no trained weights for its {missing}; pass --checkpoint PATH "
-                         "(a random-weight model would not be a segmentation)")
-    return built
+                         "or a stored model name (a random-weight model would not be a segmentation)")
+    if sha is None and checkpoint is not None and Path(checkpoint).is_file():
+        sha = store.sha256_of(Path(checkpoint))
+    return built, sha
 
 
 class Segmenter:
@@ -84,7 +91,7 @@ class Segmenter:
             torch.set_num_threads(int(threads))
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
         self.device = torch.device(device)
-        self.model = load_model(model, checkpoint, str(self.device), allow_random_weights)
+        self.model, self.weights_sha256 = load_model(model, checkpoint, str(self.device), allow_random_weights)
         self.size = int(self.model.config.img_size)
         self.max_windows = max_windows
         self.volume: Optional[Volume] = None
