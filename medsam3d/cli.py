@@ -50,8 +50,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 @app.command(help="Segment the structure under the prompts; write a mask with the input's exact geometry."
                   + SEGMENT_EXAMPLES)
 def segment(
-    input: Path = typer.Argument(..., help="scan: .nii/.nii.gz/.nrrd/.mha/.mhd, a DICOM folder or a .zip of one"),
-    output: Path = typer.Option(..., "-o", "--output", help="mask file: .nii.gz, .nii, .nrrd or .mha"),
+    input: Optional[Path] = typer.Argument(None, help="scan: .nii/.nii.gz/.nrrd/.mha/.mhd, a DICOM folder or a "
+                                                      ".zip of one"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="mask file: .nii.gz, .nii, .nrrd or .mha"),
     point: List[str] = typer.Option([], "--point", help="positive point X,Y,Z (repeatable)"),
     negative: List[str] = typer.Option([], "--negative", help="negative point X,Y,Z (repeatable)"),
     box: Optional[str] = typer.Option(None, "--box", help="box X0,Y0,Z0,X1,Y1,Z1 (models that take boxes)"),
@@ -59,7 +60,9 @@ def segment(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSON list of objects -> one label map"),
     coords: str = typer.Option("ijk", "--coords", help="frame of the coordinates: ijk (voxels), ras or lps (mm)"),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several"),
-    model: str = typer.Option("default", "--model", help="model name or YAML config"),
+    batch: Optional[Path] = typer.Option(None, "--batch", help="JSON-lines file of jobs (input, output, prompts); "
+                                                               "under torchrun the ranks share them out"),
+    model: str = typer.Option("default", "--model", help="model name, stored name or YAML config"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights for --model"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads"),
@@ -70,62 +73,127 @@ def segment(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print nothing but errors"),
     verbose: bool = typer.Option(False, "--verbose", help="print timings"),
 ) -> None:
-    from .io import check_writable, read_volume, write_volume
-    from .prompts import resolve
     from .segmenter import Segmenter
 
     started = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     frame = check_frame(coords)
-    objects = _objects_from_options(point, negative, box, prompts, frame)
-    # everything that can be checked before the work is checked before the work
-    outputs = [check_writable(output)] + ([check_writable(probabilities)] if probabilities else [])
-    for out in outputs:
-        if input.exists() and out.exists() and out.resolve() == input.resolve():
-            raise InputError(f"output {out} is the input; medsam3d never overwrites an input")
-    if probabilities and probabilities.resolve() == output.resolve():
-        raise InputError("--probabilities must be a different file from --output")
-    if not input.exists():
-        raise InputError(f"input not found: {input}")
+    if batch is not None:
+        if input or output or point or negative or box or prompts or mask or probabilities:
+            raise InputError("--batch takes scans, outputs and prompts from its file; give no INPUT, -o or prompts")
+        jobs = _read_jobs(batch, frame)
+    else:
+        if input is None or output is None:
+            raise InputError("give a scan and -o OUTPUT (or --batch jobs.jsonl)")
+        jobs = [{"input": input, "output": output, "mask": mask, "probabilities": probabilities,
+                 "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame)}]
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = jobs[rank::world]
+    if batch is None:
+        _check_job(mine[0])  # everything that can be checked before the work is checked before the work
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
     segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads,
                           max_windows=max_windows)
-    volume = segmenter.set_volume(input, series)
-    prior = read_volume(mask).array if mask is not None else None
+    runs, failed = [], 0
+    if not quiet:  # a spinner on the terminal for the slow steps (nothing when stderr is not a terminal)
+        segmenter.on_step = lambda name: err.status(name, spinner="dots")
+    for n, job in enumerate(mine, start=1):
+        try:
+            if batch is not None:
+                _check_job(job)
+                say(f"job {n}/{len(mine)}: {job['input']}")
+            runs.append(_segment_one(segmenter, job, say))
+        except InputError as exc:
+            if batch is None:
+                raise
+            failed += 1
+            err.print(f"medsam3d: job {job['input']}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+    if report:
+        path = report if world == 1 else report.with_name(f"{report.stem}.rank{rank}{report.suffix}")
+        _write_json_atomic(path, {
+            "medsam3d": __version__, "model": getattr(segmenter.model, "name", str(model)),
+            "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_sha256": segmenter.weights_sha256,
+            "rank": rank, "world_size": world, "runs": runs, "failed": failed,
+            "total_s": time.perf_counter() - started,
+        })
+    if verbose:
+        say(f"total {time.perf_counter() - started:.2f} s")
+    if batch is not None:
+        say(f"rank {rank}/{world}: {len(runs)} done, {failed} failed")
+        if failed:
+            raise typer.Exit(2)
+
+
+def _check_job(job: dict) -> None:
+    from .io import check_writable
+
+    inp, out, prob = job["input"], job["output"], job.get("probabilities")
+    for target in [out] + ([prob] if prob else []):
+        check_writable(target)
+        if inp.exists() and target.exists() and target.resolve() == inp.resolve():
+            raise InputError(f"output {target} is the input; medsam3d never overwrites an input")
+    if prob and Path(prob).resolve() == Path(out).resolve():
+        raise InputError("--probabilities must be a different file from --output")
+    if not inp.exists():
+        raise InputError(f"input not found: {inp}")
+
+
+def _segment_one(segmenter, job: dict, say) -> dict:
+    """One scan: read, segment every object into one label map, write atomically. -> report entry."""
+    from .io import read_volume, write_volume
+    from .prompts import resolve
+
+    started = time.perf_counter()
+    volume = segmenter.set_volume(job["input"], job.get("series"))
+    prior = read_volume(job["mask"]).array if job.get("mask") else None
     if prior is not None and prior.shape != volume.shape:
         raise InputError(f"--mask has shape {prior.shape}, the scan {volume.shape}")
-
     labels = np.zeros(volume.shape, dtype=np.uint8)
-    probs = np.zeros(volume.shape, dtype=np.float32) if probabilities else None
-    resolved, ious = [], []
-    for obj in objects:
+    probs = np.zeros(volume.shape, dtype=np.float32) if job.get("probabilities") else None
+    objects = []
+    for obj in job["objects"]:
         p = resolve(volume, obj["point"], obj["negative"], obj["box"], prior, obj["coords"])
         for line in p.describe(volume):
             say(f"label {obj['label']}: {line}")
-        result = segmenter.predict_prompts(p, probabilities=probabilities is not None)
+        result = segmenter.predict_prompts(p, probabilities=probs is not None)
         labels[result.mask.array > 0] = obj["label"]
         if probs is not None:
             np.maximum(probs, result.probabilities.array, out=probs)
-        resolved.append({"label": obj["label"], "prompts": p.describe(volume), "windows": len(result.windows),
-                         "volume_ml": result.volume_ml, "timings_s": result.timings})
-        ious.append(result.iou)
+        objects.append({"label": obj["label"], "prompts": p.describe(volume), "windows": len(result.windows),
+                        "volume_ml": result.volume_ml, "predicted_iou": result.iou, "timings_s": result.timings})
         say(f"label {obj['label']}: {result.volume_ml:.1f} ml in {len(result.windows)} window(s)")
-    write_volume(volume.with_array(labels), output)
+    write_volume(volume.with_array(labels), job["output"])
     if probs is not None:
-        write_volume(volume.with_array(probs), probabilities)
-    say(f"wrote {output}")
-    if report:
-        info = {
-            "medsam3d": __version__, "input": str(input), "output": str(output), "shape": list(volume.shape),
-            "spacing": volume.spacing.tolist(), "model": getattr(segmenter.model, "name", str(model)),
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_sha256": segmenter.weights_sha256,
-            "objects": resolved, "predicted_iou": ious, "total_s": time.perf_counter() - started,
-        }
-        _write_json_atomic(report, info)
-    if verbose:
-        say(f"total {time.perf_counter() - started:.2f} s")
+        write_volume(volume.with_array(probs), job["probabilities"])
+    say(f"wrote {job['output']}")
+    return {"input": str(job["input"]), "output": str(job["output"]), "shape": list(volume.shape),
+            "spacing": volume.spacing.tolist(), "objects": objects, "seconds": time.perf_counter() - started}
+
+
+def _read_jobs(path: Path, frame: str) -> list[dict]:
+    """--batch file: one JSON object per line with input, output and prompts (paths relative to the file)."""
+    if not path.is_file():
+        raise InputError(f"batch file not found: {path}")
+    jobs = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{path} line {n} is not JSON: {exc}") from None
+        if not isinstance(item, dict) or "input" not in item or "output" not in item:
+            raise InputError(f"{path} line {n} needs at least \"input\" and \"output\"")
+        at = lambda key: (path.parent / item[key]) if item.get(key) else None  # noqa: E731
+        item_frame = check_frame(item.get("coords", frame))
+        objects = (_objects_from_json(item["prompts"], item_frame, f"{path} line {n}") if "prompts" in item
+                   else _objects_from_json([item], item_frame, f"{path} line {n}"))
+        jobs.append({"input": at("input"), "output": at("output"), "mask": at("mask"),
+                     "probabilities": at("probabilities"), "series": item.get("series"), "objects": objects})
+    if not jobs:
+        raise InputError(f"batch file {path} holds no jobs")
+    return jobs
 
 
 models_app = typer.Typer(no_args_is_help=True, help="The local model store ($MEDSAM3D_HOME).")
@@ -202,20 +270,7 @@ def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dic
             data = json.loads(Path(prompts_file).read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read --prompts {prompts_file}: {exc}") from None
-        if not isinstance(data, list) or not data:
-            raise InputError("--prompts must hold a JSON list of objects, e.g. [{\"point\": [[x, y, z]]}]")
-        objects = []
-        for n, item in enumerate(data, start=1):
-            if not isinstance(item, dict):
-                raise InputError(f"--prompts entry {n} is not an object")
-            objects.append({
-                "label": int(item.get("label", n)),
-                "point": [_triplet(p) for p in item.get("point", [])],
-                "negative": [_triplet(p) for p in item.get("negative", [])],
-                "box": parse_numbers(",".join(map(str, item["box"])), 6, "box") if "box" in item else None,
-                "coords": check_frame(item.get("coords", frame)),
-            })
-        return objects
+        return _objects_from_json(data, frame, "--prompts")
     return [{
         "label": 1,
         "point": [parse_numbers(p, 3, "--point") for p in point],
@@ -223,6 +278,30 @@ def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dic
         "box": parse_numbers(box, 6, "--box") if box else None,
         "coords": frame,
     }]
+
+
+def _objects_from_json(data, frame: str, where: str) -> list[dict]:
+    """[{"point": [[x, y, z], ...], "negative": [...], "box": [6 numbers], "label": n, "coords": f}, ...]"""
+    if not isinstance(data, list) or not data:
+        raise InputError(f"{where} must hold a JSON list of objects, e.g. [{{\"point\": [[x, y, z]]}}]")
+    objects = []
+    for n, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            raise InputError(f"{where} entry {n} is not an object")
+        try:
+            label = int(item.get("label", n))
+        except (TypeError, ValueError):
+            raise InputError(f"{where} entry {n}: label must be an integer") from None
+        if not 1 <= label <= 255:
+            raise InputError(f"{where} entry {n}: label must be 1..255, got {label}")
+        objects.append({
+            "label": label,
+            "point": [_triplet(p) for p in item.get("point", [])],
+            "negative": [_triplet(p) for p in item.get("negative", [])],
+            "box": parse_numbers(",".join(map(str, item["box"])), 6, "box") if item.get("box") else None,
+            "coords": check_frame(item.get("coords", frame)),
+        })
+    return objects
 
 
 def _triplet(value) -> list[float]:
@@ -259,7 +338,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="medsam3d", standalone_mode=False)
+        code = app(args=args, prog_name="medsam3d", standalone_mode=False)
+        if isinstance(code, int):  # click returns typer.Exit's code instead of raising it here
+            return code
     except InputError as exc:
         if debug:
             raise

@@ -15,9 +15,10 @@ touching or ``max_windows`` is reached.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +100,8 @@ class Segmenter:
         self._fill = 0.0
         self._embeddings: dict[tuple, torch.Tensor] = {}
         self._last_logits: dict[tuple, torch.Tensor] = {}  # previous low-res logits per window (refinement)
+        # called with a step's name around steps that can take seconds; returns a context manager (CLI: spinner)
+        self.on_step: Callable[[str], ContextManager] = lambda name: nullcontext()
 
     # ------------------------------------------------------------------ volume
     def set_volume(self, volume: Volume | str | Path, series_uid: Optional[str] = None) -> Volume:
@@ -107,7 +110,8 @@ class Segmenter:
             self.volume = volume
             self._source = volume.to_sitk()
         else:
-            self._source = read_sitk(volume, series_uid)
+            with self.on_step(f"reading {volume}"):
+                self._source = read_sitk(volume, series_uid)
             self.volume = Volume.from_sitk(self._source)
             self.volume.nifti_header = nifti_header(volume)
         self._fill = float(self.volume.array.min())
@@ -184,7 +188,7 @@ class Segmenter:
             t0 = time.perf_counter()
             crop = zscore_foreground(crop_window(self._source, window, self._fill))
             image = torch.from_numpy(crop)[None, None].to(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self.on_step("encoding the window"):
                 self._embeddings[key] = self.model.encode(image)
             timings["encode"] += time.perf_counter() - t0
         return self._embeddings[key]

@@ -68,7 +68,42 @@ def test_segment_writes_mask_probabilities_and_report(tmp_path, small_model, sca
     assert p.array.dtype == np.float32 and 0 <= p.array.min() and p.array.max() <= 1
     info = json.loads(report.read_text())
     assert info["model"] == "sam-med3d" and len(info["checkpoint_sha256"]) == 64
-    assert info["objects"][0]["windows"] >= 1 and "encode" in info["objects"][0]["timings_s"]
+    run_info = info["runs"][0]
+    assert run_info["objects"][0]["windows"] >= 1 and "encode" in run_info["objects"][0]["timings_s"]
+    assert run_info["shape"] == list(src.shape)
+
+
+def test_batch_jobs_are_shared_out_by_rank(tmp_path, small_model, scan, capsys, monkeypatch):
+    cfg, ckpt = small_model
+    (tmp_path / "in").mkdir()
+    jobs = []
+    for n in range(5):
+        src = tmp_path / "in" / f"scan{n}.nii.gz"
+        src.write_bytes(scan.read_bytes())
+        job = {"input": f"in/{src.name}", "output": f"mask{n}.nii.gz", "point": [[20, 20, 20]]}
+        if n == 3:
+            job = {"input": "in/missing.nii.gz", "output": "mask3.nii.gz", "point": [[1, 1, 1]]}
+        if n == 4:  # several objects -> one label map
+            job = {"input": f"in/{src.name}", "output": "mask4.nii.gz",
+                   "prompts": [{"point": [[20, 20, 20]], "label": 3}, {"point": ["30,30,20"], "label": 7}]}
+        jobs.append(json.dumps(job))
+    batch = tmp_path / "jobs.jsonl"
+    batch.write_text("\n".join(jobs) + "\n")
+    done = set()
+    for rank in (0, 1):  # what two torchrun processes see
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        code, err = run(["segment", "--batch", batch, "--model", cfg, "--checkpoint", ckpt, "--report",
+                         tmp_path / "run.json", "-q"], capsys)
+        info = json.loads((tmp_path / f"run.rank{rank}.json").read_text())
+        done |= {Path(r["output"]).name for r in info["runs"]}
+        if rank == 1:  # jobs 1 and 3: job 3's scan is missing
+            assert code == 2 and "missing.nii.gz" in err and info["failed"] == 1
+        else:  # jobs 0, 2, 4
+            assert code == 0 and info["failed"] == 0 and len(info["runs"]) == 3
+    assert done == {"mask0.nii.gz", "mask1.nii.gz", "mask2.nii.gz", "mask4.nii.gz"}
+    assert set(np.unique(read_volume(tmp_path / "mask4.nii.gz").array)) <= {0, 3, 7}
+    assert not (tmp_path / "mask3.nii.gz").exists()
 
 
 def test_python_dash_m_is_the_same_command():
