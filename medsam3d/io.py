@@ -68,8 +68,10 @@ class Volume:
 
     # ---- SimpleITK
     @classmethod
-    def from_sitk(cls, image: sitk.Image) -> "Volume":
-        return cls(_ijk_from_sitk_array(sitk.GetArrayFromImage(image)), image.GetSpacing(), image.GetOrigin(),
+    def from_sitk(cls, image: sitk.Image, copy: bool = True) -> "Volume":
+        """``copy=False`` shares SimpleITK's buffer (no 2x memory): the caller must keep ``image`` alive."""
+        array = sitk.GetArrayFromImage(image) if copy else sitk.GetArrayViewFromImage(image)
+        return cls(_ijk_from_sitk_array(array), image.GetSpacing(), image.GetOrigin(),
                    np.array(image.GetDirection()).reshape(3, 3))
 
     def to_sitk(self) -> sitk.Image:
@@ -288,4 +290,10 @@ def _write_nifti_with_header(volume: Volume, path: str) -> None:
     image = nib.Nifti1Image(np.asarray(volume.array), None, header)
     image.set_sform(header.get_sform(), int(header["sform_code"]))
     image.set_qform(header.get_qform(), int(header["qform_code"]))
-    nib.save(image, path)
+    if path.endswith(".gz"):  # masks compress well at level 1, several times faster than nibabel's default 6
+        import gzip
+
+        with open(path, "wb") as f:
+            f.write(gzip.compress(image.to_bytes(), compresslevel=1))
+    else:
+        nib.save(image, path)

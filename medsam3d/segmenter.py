@@ -112,7 +112,7 @@ class Segmenter:
         else:
             with self.on_step(f"reading {volume}"):
                 self._source = read_sitk(volume, series_uid)
-            self.volume = Volume.from_sitk(self._source)
+            self.volume = Volume.from_sitk(self._source, copy=False)  # self._source keeps the buffer alive
             self.volume.nifti_header = nifti_header(volume)
         self._fill = float(self.volume.array.min())
         self._embeddings.clear()
