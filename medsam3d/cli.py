@@ -196,6 +196,42 @@ def _read_jobs(path: Path, frame: str) -> list[dict]:
     return jobs
 
 
+def _training_command(kind: str, config: Path, out: Path, resume: bool, overrides: List[str]) -> None:
+    from .training.config import load_config
+
+    cfg = load_config(config, overrides)
+    if kind == "distill":
+        from .training.distill import run_distill
+
+        run_distill(cfg, out, resume)
+    else:
+        from .training.trainer import run_interactive
+
+        run_interactive(cfg, out, resume, kind)
+
+
+_CONFIG = typer.Option(..., "--config", help="YAML run config (see configs/)")
+_OUT = typer.Option(..., "--out", help="folder for checkpoints, metrics and the final model")
+_RESUME = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint")
+_SET = typer.Option([], "--set", help="override a config value: key.sub=value (repeatable)")
+
+
+@app.command(help="Train a model from scratch with the interactive (simulated-click) loop. "
+                  "Runs unchanged under torchrun --nproc_per_node=N -m medsam3d train ...")
+def train(config: Path = _CONFIG, out: Path = _OUT, resume: bool = _RESUME, set: List[str] = _SET) -> None:
+    _training_command("train", config, out, resume, set)
+
+
+@app.command(help="Fine-tune trained weights (model.checkpoint) on your own cohort with the interactive loop.")
+def finetune(config: Path = _CONFIG, out: Path = _OUT, resume: bool = _RESUME, set: List[str] = _SET) -> None:
+    _training_command("finetune", config, out, resume, set)
+
+
+@app.command(help="Distil a fast student from a teacher: layer-wise progressive feature matching, then masks.")
+def distill(config: Path = _CONFIG, out: Path = _OUT, resume: bool = _RESUME, set: List[str] = _SET) -> None:
+    _training_command("distill", config, out, resume, set)
+
+
 models_app = typer.Typer(no_args_is_help=True, help="The local model store ($MEDSAM3D_HOME).")
 app.add_typer(models_app, name="models")
 

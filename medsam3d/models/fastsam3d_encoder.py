@@ -64,16 +64,20 @@ class FastSam3DEncoder(nn.Module):
         self.neck = make_neck(cfg.embed_dim, cfg.out_chans)
         self.padded_reference = False
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[patch+pos (B,X,Y,Z,C), stream after every `layeroutput`-th block ..., neck (B,out,X,Y,Z)]."""
+    def forward_blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> (stream after each block, neck output)."""
         x = self.patch_embed(x) + self.pos_embed
-        features = [x]
-        for i, block in enumerate(self.blocks, start=1):
+        streams = []
+        for block in self.blocks:
             x = block(x, self.padded_reference) if isinstance(block, StudentBlock3D) else block(x)
-            if i % self.layeroutput == 0:
-                features.append(x)
-        features.append(self.neck(x.permute(0, 4, 1, 2, 3)))
-        return features
+            streams.append(x)
+        return streams, self.neck(x.permute(0, 4, 1, 2, 3))
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The reference's output list: [patch+pos, stream after every `layeroutput`-th block ..., neck]."""
+        streams, neck = self.forward_blocks(x)
+        embedded = self.patch_embed(x) + self.pos_embed
+        return [embedded] + streams[self.layeroutput - 1 :: self.layeroutput] + [neck]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, S, S, S) -> (B, out_chans, S/16, ..)
-        return self.forward_features(x)[-1]
+        return self.forward_blocks(x)[1]

@@ -86,16 +86,15 @@ class TinyEncoder3D(nn.Module):
                                 align_corners=False)
         return resized.permute(0, 2, 3, 4, 1)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[patch+pos, stream after each block ..., neck]: what layer-wise distillation matches."""
+    def forward_blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> (stream after each block, (B, X, Y, Z, C) each; neck output): what distillation matches."""
         x = self.patch_embed(x)
         x = x + self._position(tuple(x.shape[1:4]))
-        features = [x]
+        streams = []
         for block in self.blocks:
             x = block(x)
-            features.append(x)
-        features.append(self.neck(x.permute(0, 4, 1, 2, 3)))
-        return features
+            streams.append(x)
+        return streams, self.neck(x.permute(0, 4, 1, 2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, S, S, S) -> (B, out_chans, S/16, ..)
-        return self.forward_features(x)[-1]
+        return self.forward_blocks(x)[1]

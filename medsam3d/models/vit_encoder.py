@@ -48,8 +48,14 @@ class ViTEncoder3D(nn.Module):
         self.neck = make_neck(cfg.embed_dim, cfg.out_chans)
         self.padded_reference = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, S, S, S) -> (B, out_chans, S/16, ..)
+    def forward_blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> (stream after each block, (B, X, Y, Z, C) each; neck output): what distillation matches."""
         x = self.patch_embed(x) + self.pos_embed
+        streams = []
         for block in self.blocks:
             x = block(x, self.padded_reference)
-        return self.neck(x.permute(0, 4, 1, 2, 3))
+            streams.append(x)
+        return streams, self.neck(x.permute(0, 4, 1, 2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, S, S, S) -> (B, out_chans, S/16, ..)
+        return self.forward_blocks(x)[1]

@@ -1,0 +1,99 @@
+"""Run configs: YAML files (``configs/``) with defaults, overridden by ``--set key.sub=value`` on the command line."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InputError
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "model": {"name": "medsam3d-tiny", "config": {}, "checkpoint": None},
+    "data": {
+        "roots": [],  # nnU-Net v2 or Medical Segmentation Decathlon folders
+        "labels": None,  # subset of label values to train on (None: all)
+        "spacing": 1.5,  # mm, isotropic model space
+        "min_voxels": 20,  # structures smaller than this (in model space) are not targets
+        "synthetic_fraction": 0.0,  # share of samples painted from label maps (SynthSeg-style)
+        "cache": None,  # preprocessed-data cache folder (default: <out>/cache)
+        "workers": 0,  # DataLoader worker processes
+        "holdout": [],  # case ids never trained on
+    },
+    "train": {
+        "steps": 100,
+        "batch_size": 1,
+        "grad_accum": 1,
+        "lr": 1e-4,
+        "weight_decay": 0.01,
+        "warmup": 10,
+        "clicks": 5,  # simulated clicks per sample: the first inside the target, the rest on errors
+        "box_prob": 0.0,  # chance a sample's first prompt is a 3D box (models that take boxes)
+        "freeze": [],  # parts kept fixed: image_encoder, prompt_encoder, mask_decoder
+        "checkpoint_every": 50,
+        "log_every": 10,
+        "amp": "auto",  # bf16 autocast on CUDA; off on CPU
+    },
+    "distill": {
+        "teacher": {"name": "sam-med3d", "config": {}, "checkpoint": None},
+        "stage1_steps": 100,
+        "schedule_every": 20,  # steps between adding the next matched layer
+        "stage2_steps": 50,  # decoder fine-tuning on masks (student frozen unless stage2_train_student)
+        "stage2_train_student": False,
+        "feature_cache": True,  # teacher features computed once, stored fp16
+    },
+}
+
+
+def _merge(base: dict, update: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        where = f"{path}{key}"
+        if key not in out:
+            raise InputError(f"unknown config key {where!r}")
+        if isinstance(out[key], dict) and key != "config" and isinstance(value, dict):
+            out[key] = _merge(out[key], value, where + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise InputError(f"--set takes key.sub=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Defaults <- YAML file <- overrides. Unknown keys are errors (a typo must not silently do nothing)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path} must hold a mapping")
+        base_dir = path.parent
+        roots = data.get("data", {}).get("roots")
+        if roots:  # relative data paths are relative to the config file... unless they exist from here
+            data["data"]["roots"] = [str(r if Path(r).exists() else base_dir / r) for r in roots]
+    cfg = _merge(DEFAULTS, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = cfg
+        for k in keys[:-1]:
+            if k not in node or not isinstance(node[k], dict):
+                raise InputError(f"unknown config key {'.'.join(keys)!r}")
+            node = node[k]
+        if keys[-1] not in node and keys[-2:-1] != ["config"]:
+            raise InputError(f"unknown config key {'.'.join(keys)!r}")
+        node[keys[-1]] = value
+    return cfg

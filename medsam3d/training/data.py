@@ -1,0 +1,199 @@
+"""Cohorts on disk -> preprocessed cases in model space, cached, -> per-structure training targets.
+
+Layouts: nnU-Net v2 (``dataset.json`` with ``file_ending``/``channel_names``/``labels``, ``imagesTr/CASE_0000``,
+``labelsTr/CASE``) and the Medical Segmentation Decathlon (``dataset.json`` with a ``training`` list).
+
+Preprocessing, done once per case and cached under a fingerprint of the files and the settings: reorient to
+RAS+ and resample to isotropic ``spacing`` (linear for the image, nearest for the labels), as the SAM-Med3D family
+was trained. Unusable pairs (label missing, geometry different from the image, not 3D, empty label map) are
+skipped with one warning that lists them; no usable case at all is an ``InputError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..io import _ijk_from_sitk_array
+from ..preprocess import RAS_DIRECTION_IN_LPS
+
+CACHE_VERSION = 1  # bump when preprocessing changes: old caches are then ignored
+
+
+@dataclass
+class Case:
+    case_id: str
+    image: Path
+    label: Optional[Path]
+    modality: str  # "CT", "MR", ... (from the dataset's channel names)
+
+
+@dataclass
+class Structure:
+    """One training target: label ``value`` of case ``case`` (index into the preprocessed cases)."""
+
+    case: int
+    value: int
+    voxels: int
+    center: tuple[int, int, int]  # voxel index in model space
+    bbox: tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def discover(root: str | Path) -> list[Case]:
+    """Cases of an nnU-Net v2 or MSD dataset folder (label may be None when missing)."""
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise InputError(f"{root} has no dataset.json (expected an nnU-Net v2 or Decathlon dataset folder)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{meta_path} is not valid JSON: {exc}") from None
+    if "training" in meta and isinstance(meta["training"], list):  # Medical Segmentation Decathlon
+        modality = str((meta.get("modality") or {}).get("0", "unknown"))
+        cases = []
+        for item in meta["training"]:
+            image = root / item["image"]
+            label = root / item["label"] if item.get("label") else None
+            case_id = Path(item["image"]).name.split(".")[0]
+            cases.append(Case(case_id, image, label if label and label.exists() else None, modality))
+        return cases
+    ending = meta.get("file_ending", ".nii.gz")
+    channels = meta.get("channel_names") or meta.get("modality") or {"0": "unknown"}
+    modality = str(channels.get("0", "unknown"))
+    cases = []
+    for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
+        case_id = image.name[: -len(f"_0000{ending}")]
+        label = root / "labelsTr" / f"{case_id}{ending}"
+        cases.append(Case(case_id, image, label if label.exists() else None, modality))
+    if not cases:
+        raise InputError(f"{root}/imagesTr holds no *_0000{ending} images")
+    return cases
+
+
+def fingerprint(cases: Sequence[Case], settings: dict) -> str:
+    """Changes when any file (size, mtime) or any preprocessing setting changes."""
+    digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "settings": settings}, sort_keys=True).encode())
+    for case in cases:
+        for path in (case.image, case.label):
+            if path is not None and path.exists():
+                st = path.stat()
+                digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4, atol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-2)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+
+
+def to_model_space(image: sitk.Image, spacing: float, interpolator: int, fill: float, pixel: int) -> np.ndarray:
+    """Resample onto an RAS+ isotropic grid covering the image -> array [x, y, z] in model axis order."""
+    size = np.array(image.GetSize())
+    corners = np.array([[a, b, c] for a in (0, size[0] - 1) for b in (0, size[1] - 1) for c in (0, size[2] - 1)])
+    lps = np.array([image.TransformContinuousIndexToPhysicalPoint([float(x) for x in c]) for c in corners])
+    ras_axes = lps @ RAS_DIRECTION_IN_LPS  # coordinates along the R, A, S axes
+    lo, hi = ras_axes.min(0), ras_axes.max(0)
+    out_size = np.maximum(np.ceil((hi - lo) / spacing).astype(int) + 1, 1)
+    ref = sitk.Image([int(s) for s in out_size], pixel)
+    ref.SetSpacing([spacing] * 3)
+    ref.SetOrigin(tuple(float(v) for v in RAS_DIRECTION_IN_LPS @ lo))
+    ref.SetDirection(tuple(RAS_DIRECTION_IN_LPS.reshape(-1)))
+    out = sitk.Resample(image, ref, sitk.Transform(), interpolator, fill, pixel)
+    return np.ascontiguousarray(_ijk_from_sitk_array(sitk.GetArrayFromImage(out)))
+
+
+def _check_pair(case: Case) -> tuple[Optional[str], Optional[sitk.Image], Optional[sitk.Image]]:
+    """-> (reason to skip or None, image, label)."""
+    if case.label is None:
+        return "missing label", None, None
+    try:
+        image = sitk.ReadImage(str(case.image))
+        label = sitk.ReadImage(str(case.label))
+    except RuntimeError:
+        return "unreadable file", None, None
+    if image.GetDimension() != 3 or label.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return "not a 3D scalar image", None, None
+    if not _same_geometry(image, label):
+        return "image and label geometry differ", None, None
+    if not sitk.GetArrayViewFromImage(label).any():
+        return "empty label map", None, None
+    return None, image, label
+
+
+def preprocess(roots: Sequence[str | Path], cache: str | Path, spacing: float = 1.5,
+               holdout: Sequence[str] = (), log=print) -> tuple[Path, list[dict]]:
+    """Preprocess every usable case of ``roots`` into ``cache`` (once); -> (cache folder, case records)."""
+    cases = [c for root in roots for c in discover(root) if c.case_id not in set(holdout)]
+    if not cases:
+        raise InputError("no cases found in the data roots")
+    settings = {"spacing": spacing}
+    folder = Path(cache) / fingerprint(cases, settings)
+    index = folder / "cases.json"
+    if index.is_file():
+        return folder, json.loads(index.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    records, skipped = [], []
+    for case in cases:
+        reason, image, label = _check_pair(case)
+        if reason:
+            skipped.append(f"{case.case_id} ({reason})")
+            continue
+        fill = float(sitk.GetArrayViewFromImage(image).min())
+        img = to_model_space(sitk.Cast(image, sitk.sitkFloat32), spacing, sitk.sitkLinear, fill, sitk.sitkFloat32)
+        lab = to_model_space(sitk.Cast(label, sitk.sitkUInt16), spacing, sitk.sitkNearestNeighbor, 0,
+                             sitk.sitkUInt16)
+        path = folder / f"{case.case_id}.npz"
+        _save_npz_atomic(path, image=img.astype(np.float32), label=lab)
+        records.append({"case_id": case.case_id, "file": path.name, "modality": case.modality,
+                        "shape": list(img.shape), "source": str(case.image)})
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} case(s): {', '.join(skipped)}", stacklevel=2)
+        log(f"skipped {len(skipped)} case(s): {', '.join(skipped)}")
+    if not records:
+        raise InputError(f"no usable image/label pair in {', '.join(map(str, roots))}: {', '.join(skipped)}")
+    _write_atomic(index, json.dumps(records, indent=1))
+    return folder, records
+
+
+def structures(records: list[dict], cache_folder: Path, labels: Optional[Sequence[int]],
+               min_voxels: int) -> list[Structure]:
+    """Every (case, label value) with at least ``min_voxels`` voxels in model space."""
+    out = []
+    for i, rec in enumerate(records):
+        lab = np.load(cache_folder / rec["file"])["label"]
+        values = [v for v in np.unique(lab) if v != 0 and (labels is None or int(v) in labels)]
+        for v in values:
+            where = np.argwhere(lab == v)
+            if len(where) < min_voxels:
+                continue
+            lo, hi = where.min(0), where.max(0)
+            out.append(Structure(i, int(v), len(where), tuple(int(c) for c in where.mean(0).round()),
+                                 (tuple(int(c) for c in lo), tuple(int(c) for c in hi))))
+    return out
+
+
+def _save_npz_atomic(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,112 @@
+"""Training crops: one structure of one preprocessed case -> (image crop, binary target), and the sampler.
+
+Every random choice for a sample (crop jitter, synthetic painting, augmentation) is drawn from a generator
+seeded by (run seed, structure index, draw number), and the sampler's order is a pure function of the micro-step.
+So a resumed run sees exactly the samples an uninterrupted run would, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from monai import transforms as mt
+
+from ..preprocess import zscore_foreground
+from .data import Structure
+from .synthetic import paint
+
+
+class CropDataset(torch.utils.data.Dataset):
+    def __init__(self, records: list[dict], folder: Path, structures: list[Structure], crop: int, seed: int,
+                 synthetic_fraction: float = 0.0, augment: bool = True, fixed: bool = False) -> None:
+        self.records, self.folder, self.structures = records, Path(folder), structures
+        self.crop, self.seed = crop, seed
+        self.synthetic_fraction, self.augment, self.fixed = synthetic_fraction, augment, fixed
+        self.spatial = mt.Compose([mt.RandFlipd(["image", "target"], prob=0.5, spatial_axis=a) for a in range(3)])
+        self.intensity = mt.Compose([
+            mt.RandScaleIntensity(factors=0.1, prob=0.5),
+            mt.RandShiftIntensity(offsets=0.1, prob=0.5),
+            mt.RandGaussianNoise(prob=0.3, std=0.05),
+            mt.RandGaussianSmooth(prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), sigma_z=(0.25, 1.0)),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    @lru_cache(maxsize=8)
+    def _case(self, case: int) -> tuple[np.ndarray, np.ndarray]:
+        data = np.load(self.folder / self.records[case]["file"])
+        return data["image"], data["label"]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, draw = key
+        rng = np.random.default_rng([self.seed, index, 0 if self.fixed else draw])
+        s = self.structures[index]
+        image, label = self._case(s.case)
+        centre = np.asarray(s.center)
+        if not self.fixed:  # anywhere that keeps the structure's centre well inside the crop
+            centre = centre + rng.integers(-self.crop // 4, self.crop // 4 + 1, 3)
+        img = _crop(image, centre, self.crop, float(image.min()))
+        lab = _crop(label, centre, self.crop, 0)
+        if not self.fixed and rng.random() < self.synthetic_fraction:
+            img = paint(lab, rng)
+        img = zscore_foreground(img)
+        target = (lab == s.value).astype(np.float32)
+        if self.augment and not self.fixed:
+            state = int(rng.integers(2**31 - 1))
+            sample = self.spatial.set_random_state(seed=state)({"image": img[None], "target": target[None]})
+            img = self.intensity.set_random_state(seed=state + 1)(sample["image"])
+            target = sample["target"][0]
+            img = np.asarray(img)[0]
+        return {"image": torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32)[None],
+                "target": torch.as_tensor(np.ascontiguousarray(target), dtype=torch.float32)[None],
+                "index": index}
+
+
+def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """size^3 crop centred on ``centre`` (voxel), padded with ``fill`` where it leaves the array."""
+    lo = centre - size // 2
+    out = np.full((size,) * 3, fill, dtype=array.dtype)
+    src = tuple(slice(max(a, 0), min(a + size, n)) for a, n in zip(lo, array.shape))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
+    if all(s.stop > s.start for s in src):
+        out[dst] = array[src]
+    return out
+
+
+class StepBatchSampler:
+    """Batches of (structure index, draw) keys for this rank, from micro-step ``start`` on.
+
+    Micro-step m consumes ``world * batch_size`` samples of an endless stream of epochs; epoch e is a permutation
+    seeded by (seed, e) and each sample's draw number is e, so crops differ between epochs.
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, shuffle: bool = True,
+                 start: int = 0, stop: Optional[int] = None) -> None:
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.seed, self.shuffle, self.start, self.stop = seed, shuffle, start, stop
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, 7919, epoch]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        m = self.start
+        while self.stop is None or m < self.stop:
+            first = (m * self.world + self.rank) * self.batch_size
+            batch = []
+            for p in range(first, first + self.batch_size):
+                epoch = p // self.n
+                batch.append((int(self._order(epoch)[p % self.n]), epoch))
+            yield batch
+            m += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("endless sampler")
+        return self.stop - self.start

@@ -1,0 +1,53 @@
+"""SAM-style interactive training step: several simulated clicks per sample, previous logits fed back.
+
+``InteractiveStep`` is an ``nn.Module`` whose forward is the whole step (encode once, then decode once per
+click), so DistributedDataParallel wraps one forward and synchronises gradients as usual.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+from .clicks import boxes_of, error_clicks, first_clicks
+
+
+class InteractiveStep(nn.Module):
+    def __init__(self, model: nn.Module, clicks: int, box_prob: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.clicks = clicks
+        self.box_prob = box_prob if getattr(model.config, "box_prompts", False) else 0.0
+        self.mask_loss = DiceCELoss(sigmoid=True)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+        """images, targets (B, 1, S, S, S) -> mean loss over clicks, and metrics (dice after the last click)."""
+        gen = torch.Generator().manual_seed(int(seed))
+        size = images.shape[-1]
+        embedding = self.model.encode(images)
+        use_box = self.box_prob > 0 and float(torch.rand(1, generator=gen)) < self.box_prob
+        boxes = boxes_of(targets, gen) if use_box else None
+        points = labels = None
+        if not use_box:
+            points, labels = first_clicks(targets, gen)
+        previous = None
+        total = images.new_zeros(())
+        for _ in range(self.clicks):
+            low_res, iou_pred = self.model.decode(embedding, points=points, labels=labels, boxes=boxes,
+                                                  mask_input=previous)
+            logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
+            pred = (logits > 0).detach()
+            inter = (pred & (targets > 0.5)).flatten(1).sum(1).float()
+            union = (pred | (targets > 0.5)).flatten(1).sum(1).float().clamp(min=1)
+            total = total + self.mask_loss(logits, targets) + F.mse_loss(iou_pred[:, 0], inter / union)
+            new_points, new_labels = error_clicks(pred.float(), targets, gen)
+            points = new_points if points is None else torch.cat([points, new_points], 1)
+            labels = new_labels if labels is None else torch.cat([labels, new_labels], 1)
+            previous = low_res.detach()
+        dice = (2 * inter / ((pred.flatten(1).sum(1) + (targets > 0.5).flatten(1).sum(1)).float().clamp(min=1)))
+        # parameters this sample did not use (box embeddings without a box) still get a (zero) gradient, so DDP
+        # can reduce every bucket without find_unused_parameters
+        unused = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+        return total / self.clicks + unused, {"dice": float(dice.mean())}

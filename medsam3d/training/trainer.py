@@ -1,0 +1,254 @@
+"""The machinery every training command shares, and ``train`` / ``finetune`` (the interactive loop).
+
+``Run`` owns: distributed setup, the output folder, preprocessing (rank 0, once, cached), data loaders whose
+order is a function of the step, the optimiser and its warmup-cosine schedule, atomic checkpoints holding model,
+optimiser, scheduler, RNG states and step (``--resume`` continues from ``checkpoints/last.pt``), and metrics
+(``metrics.csv``; TensorBoard too when installed), all logged by rank 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import InputError
+from ..models import build_model, config_dict
+from . import ddp
+from .data import preprocess, structures
+from .dataset import CropDataset, StepBatchSampler
+from .interactive import InteractiveStep
+
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+
+
+class Run:
+    def __init__(self, cfg: dict, out: str | Path, resume: bool, kind: str) -> None:
+        self.cfg, self.kind = cfg, kind
+        self.out = Path(out)
+        self.rank, self.world, self.device = ddp.init_distributed()
+        self.main = self.rank == 0
+        if self.main:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        ddp.barrier()
+        last = self.out / "checkpoints" / "last.pt"
+        if last.exists() and not resume:
+            raise InputError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        self.resume_state = torch.load(last, map_location="cpu", weights_only=False) if resume and last.exists() else None
+        if self.main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump({"command": kind, **cfg}, sort_keys=False))
+        seed = int(cfg["seed"])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self._tb = None
+
+    # ------------------------------------------------------------------ logging
+    def log(self, message: str) -> None:
+        if self.main:
+            print(f"[{self.kind}] {message}", flush=True)
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        if not self.main:
+            return
+        path = self.out / "metrics.csv"
+        row = {"step": step, "time": round(time.time(), 3), **{k: round(float(v), 6) for k, v in values.items()}}
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV only
+                self._tb = False
+        if self._tb:
+            for key, value in values.items():
+                self._tb.add_scalar(key, float(value), step)
+
+    # ------------------------------------------------------------------ data
+    def dataset(self, crop: int, fixed: bool = False) -> CropDataset:
+        data = self.cfg["data"]
+        if not data["roots"]:
+            raise InputError("no data: set data.roots in the config (nnU-Net v2 or Decathlon dataset folders)")
+        cache = Path(data["cache"] or self.out / "cache")
+        # rank 0 preprocesses into the cache; the others then read its index
+        folder, records = ddp.on_main_then_all(
+            lambda: preprocess(data["roots"], cache, data["spacing"], data["holdout"], log=self.log))
+        targets = structures(records, folder, data["labels"], data["min_voxels"])
+        if not targets:
+            raise InputError("no structure large enough to train on in the usable cases")
+        self.log(f"{len(records)} case(s), {len(targets)} structure(s); cache {folder}")
+        return CropDataset(records, folder, targets, crop, int(self.cfg["seed"]), data["synthetic_fraction"],
+                           augment=not fixed, fixed=fixed)
+
+    def batches(self, dataset: CropDataset, start_micro: int) -> Iterator[dict]:
+        sampler = StepBatchSampler(len(dataset), self.cfg["train"]["batch_size"], self.rank, self.world,
+                                   int(self.cfg["seed"]), start=start_micro)
+        workers = int(self.cfg["data"]["workers"])
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                             persistent_workers=workers > 0)
+        return iter(loader)
+
+    # ------------------------------------------------------------------ optimisation
+    def optimiser(self, params: list[nn.Parameter], steps: int, lr: Optional[float] = None):
+        t = self.cfg["train"]
+        opt = torch.optim.AdamW(params, lr=float(lr or t["lr"]), weight_decay=float(t["weight_decay"]))
+        warmup = max(int(t["warmup"]), 0)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(steps - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        module.to(self.device)
+        if self.world > 1:
+            return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda"
+                                           else None)
+        return module
+
+    def autocast(self):
+        amp = self.cfg["train"]["amp"]
+        if self.device.type == "cuda" and amp in ("auto", "bf16", True):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ------------------------------------------------------------------ checkpoints
+    def check_in_sync(self, module: nn.Module) -> list[str]:
+        """Digest of the parameters on every rank (all ranks call this); diverged ranks are an error."""
+        digests = ddp.gather_digests(module, self.device)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"ranks hold different parameters: {digests}")
+        return digests
+
+    def save(self, state: dict, name: str = "last.pt") -> None:
+        if not self.main:
+            return
+        state = {**state, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                  "python": random.getstate()}, "config": self.cfg, "command": self.kind}
+        folder = self.out / "checkpoints"
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, folder / name)
+
+    def restore_rng(self) -> None:
+        rng = (self.resume_state or {}).get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    def export(self, model: nn.Module) -> Path:
+        """Final weights for ``segment``: ``model.pt`` (weights) + ``model.yaml`` (architecture)."""
+        if self.main:
+            fd, tmp = tempfile.mkstemp(prefix=".model.pt.", dir=self.out)
+            os.close(fd)
+            torch.save({"model": model.state_dict()}, tmp)
+            os.replace(tmp, self.out / "model.pt")
+            (self.out / "model.yaml").write_text(yaml.safe_dump({"model": model.name, **config_dict(model.config)},
+                                                                sort_keys=False))
+        return self.out / "model.pt"
+
+
+def build_from(spec: dict, device: torch.device):
+    """{"name", "config", "checkpoint"} -> model."""
+    return build_model(spec["name"], checkpoint=spec.get("checkpoint"), device=device, **(spec.get("config") or {}))
+
+
+def set_trainable(model: nn.Module, frozen: list[str]) -> list[nn.Parameter]:
+    unknown = set(frozen) - set(PARTS)
+    if unknown:
+        raise InputError(f"train.freeze takes {', '.join(PARTS)}; got {', '.join(sorted(unknown))}")
+    for part in PARTS:
+        for p in getattr(model, part).parameters():
+            p.requires_grad_(part not in frozen)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return int(np.random.default_rng([seed, step, micro, rank]).integers(2**31 - 1))
+
+
+def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sched, state_extra: dict,
+                     offset: int = 0) -> float:
+    """Steps ``start`` .. ``steps`` of the interactive loop (shared by train/finetune and distill stage 2)."""
+    t = run.cfg["train"]
+    accum = max(int(t["grad_accum"]), 1)
+    step_module = run.wrap(InteractiveStep(model, int(t["clicks"]), float(t["box_prob"])))
+    dataset = run.dataset(model.config.img_size)
+    batches = run.batches(dataset, (start - offset) * accum)
+    loss_value = float("nan")
+    for step in range(start, steps):
+        t0 = time.perf_counter()
+        losses, dices = [], []
+        for micro in range(accum):
+            batch = next(batches)
+            sync = step_module.no_sync() if (run.world > 1 and micro < accum - 1) else nullcontext()
+            with sync, run.autocast():
+                loss, info = step_module(batch["image"].to(run.device), batch["target"].to(run.device),
+                                         step_seed(int(run.cfg["seed"]), step, micro, run.rank))
+            (loss / accum).backward()
+            losses.append(float(loss.detach()))
+            dices.append(info["dice"])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_value = ddp.mean_across_ranks(float(np.mean(losses)), run.device)
+        dice = ddp.mean_across_ranks(float(np.mean(dices)), run.device)
+        if (step + 1) % int(t["log_every"]) == 0 or step == start:
+            run.metrics(step + 1, {"loss": loss_value, "dice": dice, "lr": sched.get_last_lr()[0],
+                                   "seconds": time.perf_counter() - t0})
+            run.log(f"step {step + 1}/{steps} loss {loss_value:.4f} dice {dice:.3f}")
+        if (step + 1) % int(t["checkpoint_every"]) == 0 or step + 1 == steps:
+            run.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "step": step + 1, "rank_digests": run.check_in_sync(model), **state_extra})
+    return loss_value
+
+
+def run_interactive(cfg: dict, out: str | Path, resume: bool = False, kind: str = "train") -> Path:
+    """``medsam3d train`` / ``finetune``: the SAM-style interactive loop on a cohort."""
+    if kind == "finetune" and not cfg["model"].get("checkpoint"):
+        raise InputError("finetune needs model.checkpoint (the weights to start from); use train to start fresh")
+    run = Run(cfg, out, resume, kind)
+    try:
+        model = build_from(cfg["model"], run.device)
+        model.train()
+        params = set_trainable(model, list(cfg["train"]["freeze"]))
+        steps = int(cfg["train"]["steps"])
+        opt, sched = run.optimiser(params, steps)
+        start = 0
+        if run.resume_state:
+            model.load_state_dict(run.resume_state["model"])
+            opt.load_state_dict(run.resume_state["optimizer"])
+            sched.load_state_dict(run.resume_state["scheduler"])
+            start = int(run.resume_state["step"])
+            run.restore_rng()
+            run.log(f"resuming at step {start}")
+        interactive_loop(run, model, start, steps, opt, sched, {})
+        path = run.export(model)
+        run.log(f"done: {path}")
+        ddp.barrier()
+        return path
+    finally:
+        ddp.cleanup()
