@@ -63,14 +63,15 @@ class Run:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         if not self.main:
             return
+        # long format (step, time, metric, value): stages may log different metrics into the same file
         path = self.out / "metrics.csv"
-        row = {"step": step, "time": round(time.time(), 3), **{k: round(float(v), 6) for k, v in values.items()}}
         new = not path.exists()
+        now = round(time.time(), 3)
         with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer = csv.writer(f)
             if new:
-                writer.writeheader()
-            writer.writerow(row)
+                writer.writerow(["step", "time", "metric", "value"])
+            writer.writerows([step, now, key, f"{float(value):.6g}"] for key, value in values.items())
         if self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
