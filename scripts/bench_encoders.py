@@ -15,24 +15,12 @@ Rows:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from benchutil import median_time
 
 from medsam3d.models import build_model
 from medsam3d.models.attention import dense_attention, grouped_attention
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def randomise_positions(model) -> None:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from benchutil import median_time
 
 
 def ct_like(shape=(512, 512, 300)) -> sitk.Image:
@@ -65,14 +64,14 @@ def main() -> None:
                             "-o", str(tmp / "mask.nii.gz"), "--model", args.model, "--checkpoint", str(ckpt),
                             "--threads", str(args.threads), "--max-windows", "1", "-q"], check=True)
 
-        t_io = statistics.median(_times(read_write, args.repeats))
-        t_seg = statistics.median(_times(segment, args.repeats))
+        t_io = median_time(read_write, args.repeats, warmup=0)
+        t_seg = median_time(segment, args.repeats, warmup=0)
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
 
         seg = Segmenter(model=args.model, checkpoint=ckpt, threads=args.threads, max_windows=1)
         seg.set_volume(scan)
         seg.predict(points=[(180, 230, 150)])
-        t_click = statistics.median(_times(lambda: seg.predict(points=[(180, 230, 150), (200, 240, 150)]), 5))
+        t_click = median_time(lambda: seg.predict(points=[(180, 230, 150), (200, 240, 150)]), 5, warmup=0)
 
     print(f"volume 512x512x300 int16 (.nii.gz), model {args.model} (random weights, one window), "
           f"{args.threads} threads, medians of {args.repeats}")
@@ -81,15 +80,6 @@ def main() -> None:
           f"ratio {t_seg / t_io:.2f}x")
     print(f"peak RSS of a segment process   {peak_gb:6.2f} GB")
     print(f"further click, cached window    {t_click:6.3f} s (API: decode + paste-back)")
-
-
-def _times(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 if __name__ == "__main__":

@@ -9,24 +9,13 @@ stage-1 distillation steps with cached teacher features vs a live teacher (same 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from benchutil import median_time
 
 from medsam3d.models import build_model
 from medsam3d.training.distill import LayerwiseDistillation, matched_teacher_blocks
 from medsam3d.training.interactive import InteractiveStep
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -52,7 +41,7 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        seconds = timed(one, args.repeats)
+        seconds = median_time(one, args.repeats)
         print(f"  {name:<14} {1 / seconds:7.3f} samples/s  ({seconds:.2f} s/step)")
 
     teacher = build_model("sam-med3d").eval()
@@ -78,8 +67,8 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t_cached = timed(lambda: distill_step(False), args.repeats)
-    t_live = timed(lambda: distill_step(True), args.repeats)
+    t_cached = median_time(lambda: distill_step(False), args.repeats)
+    t_live = median_time(lambda: distill_step(True), args.repeats)
     print("\ndistillation stage 1 (SAM-Med3D teacher -> FastSAM3D student), all 6 layers matched")
     print(f"  cached teacher features {1 / t_cached:7.3f} samples/s  ({t_cached:.2f} s/step)")
     print(f"  live teacher            {1 / t_live:7.3f} samples/s  ({t_live:.2f} s/step)")

@@ -153,12 +153,17 @@ class Run:
         torch.save(state, tmp)
         os.replace(tmp, folder / name)
 
-    def restore_rng(self) -> None:
-        rng = (self.resume_state or {}).get("rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+    def restore(self, module: nn.Module, module_key: str, opt, sched, what: str) -> int:
+        """Load module, optimiser, scheduler and RNG states from the checkpoint being resumed -> its step."""
+        state = self.resume_state
+        module.load_state_dict(state[module_key])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.log(f"resuming {what} at step {state['step']}")
+        return int(state["step"])
 
     def export(self, model: nn.Module) -> Path:
         """Final weights for ``segment``: ``model.pt`` (weights) + ``model.yaml`` (architecture)."""
@@ -238,14 +243,7 @@ def run_interactive(cfg: dict, out: str | Path, resume: bool = False, kind: str 
         params = set_trainable(model, list(cfg["train"]["freeze"]))
         steps = int(cfg["train"]["steps"])
         opt, sched = run.optimiser(params, steps)
-        start = 0
-        if run.resume_state:
-            model.load_state_dict(run.resume_state["model"])
-            opt.load_state_dict(run.resume_state["optimizer"])
-            sched.load_state_dict(run.resume_state["scheduler"])
-            start = int(run.resume_state["step"])
-            run.restore_rng()
-            run.log(f"resuming at step {start}")
+        start = run.restore(model, "model", opt, sched, kind) if run.resume_state else 0
         interactive_loop(run, model, start, steps, opt, sched, {})
         path = run.export(model)
         run.log(f"done: {path}")
