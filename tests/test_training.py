@@ -169,3 +169,33 @@ def test_loss_falls_on_a_tiny_set(toy, tmp_path):
     assert len(losses) == 24
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6])
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "model.yaml").is_file()
+
+
+def test_holistic_distillation_with_worker_processes(toy, tmp_path):
+    from medsam3d.training.distill import run_distill
+
+    cfg = load_config(REPO / "configs/smoke/distill.yaml", [
+        f"data.roots=[{toy}]", "distill.mode=holistic", "distill.holistic_steps=8", "data.workers=2",
+        "train.log_every=1", "train.lr=0.003",
+    ])
+    run_distill(cfg, tmp_path / "holistic")
+    with open(tmp_path / "holistic" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    feature = [float(r["value"]) for r in rows if r["metric"] == "feature_loss"]
+    assert len(feature) == 8 and feature[-1] < feature[0]
+    state = torch.load(tmp_path / "holistic" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["stage"] == "holistic" and not any(k.startswith("teacher") for k in state["distiller"])
+
+
+def test_cli_training_with_no_usable_data_exits_2(tmp_path, capsys):
+    from medsam3d.cli import main
+
+    empty = tmp_path / "Dataset009_Empty"
+    (empty / "imagesTr").mkdir(parents=True)
+    (empty / "labelsTr").mkdir()
+    (empty / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0},
+                                                    "file_ending": ".nii.gz"}))
+    code = main(["train", "--config", str(REPO / "configs/smoke/train.yaml"), "--out", str(tmp_path / "run"),
+                 "--set", f"data.roots=[{empty}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "imagesTr holds no" in err and "Traceback" not in err

@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
         "stage2_steps": 50,  # decoder fine-tuning on masks (student frozen unless stage2_train_student)
         "stage2_train_student": False,
         "feature_cache": True,  # teacher features computed once, stored fp16
+        "mode": "layerwise",  # layerwise (FastSAM3D) or holistic (ESAM: embedding + teacher masks + truth)
+        "holistic_steps": 100,
+        "holistic_weights": {"feature": 1.0, "output": 1.0, "truth": 1.0},
     },
 }
 

@@ -21,7 +21,8 @@ from torch import nn
 
 from ..errors import InputError
 from . import ddp
-from .trainer import Run, build_from, interactive_loop, set_trainable
+from .interactive import HolisticDistillationStep
+from .trainer import Run, build_from, interactive_loop, set_trainable, step_seed
 
 
 def matched_teacher_blocks(n_student: int, n_teacher: int) -> list[int]:
@@ -96,6 +97,39 @@ class TeacherCache:
         return streams, final
 
 
+def _holistic(run: Run, student: nn.Module, teacher: nn.Module) -> Path:
+    """ESAM's holistic distillation: one stage, embedding + teacher masks + ground truth (interactive clicks)."""
+    d, t = run.cfg["distill"], run.cfg["train"]
+    steps = int(d["holistic_steps"])
+    student.train()
+    step_module = HolisticDistillationStep(student, teacher, int(t["clicks"]), dict(d["holistic_weights"]))
+    opt, sched = run.optimiser([p for p in step_module.parameters() if p.requires_grad], steps)
+    start = run.restore(step_module, "distiller", opt, sched, "holistic distillation") if run.resume_state else 0
+    wrapped = run.wrap(step_module)
+    batches = run.batches(run.dataset(student.config.img_size), start)
+    for step in range(start, steps):
+        batch = next(batches)
+        with run.autocast():
+            loss, info = wrapped(batch["image"].to(run.device), batch["target"].to(run.device),
+                                 step_seed(int(run.cfg["seed"]), step, 0, run.rank))
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_value = ddp.mean_across_ranks(float(loss.detach()), run.device)
+        if (step + 1) % int(t["log_every"]) == 0 or step == start:
+            run.metrics(step + 1, {"loss": loss_value, **info, "lr": sched.get_last_lr()[0]})
+            run.log(f"holistic step {step + 1}/{steps} loss {loss_value:.4f}")
+        if (step + 1) % int(t["checkpoint_every"]) == 0 or step + 1 == steps:
+            run.save({"stage": "holistic", "step": step + 1, "rank_digests": run.check_in_sync(step_module),
+                      "distiller": step_module.state_dict(), "model": student.state_dict(),
+                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+    path = run.export(student)
+    run.log(f"done: {path}")
+    ddp.barrier()
+    return path
+
+
 def _same_decoder(student: nn.Module, teacher: nn.Module) -> bool:
     """True when the teacher's prompt encoder and decoder fit the student as they are (same sizes, same PE)."""
     if student.config.reference_pe != teacher.config.reference_pe:
@@ -117,12 +151,16 @@ def run_distill(cfg: dict, out: str | Path, resume: bool = False) -> Path:
     run = Run(cfg, out, resume, "distill")
     try:
         d = cfg["distill"]
+        if d["mode"] not in ("layerwise", "holistic"):
+            raise InputError(f"distill.mode must be layerwise or holistic, got {d['mode']!r}")
         teacher = build_from(d["teacher"], run.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         student = build_from(cfg["model"], run.device)
         if student.config.img_size != teacher.config.img_size:
             raise InputError("student and teacher must take the same crop size (img_size)")
+        if d["mode"] == "holistic":
+            return _holistic(run, student, teacher)
         if not cfg["model"].get("checkpoint") and _same_decoder(student, teacher):
             # FastSAM3D reuses SAM-Med3D's prompt encoder and decoder
             student.prompt_encoder.load_state_dict(teacher.prompt_encoder.state_dict(), strict=False)

@@ -51,3 +51,47 @@ class InteractiveStep(nn.Module):
         # can reduce every bucket without find_unused_parameters
         unused = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
         return total / self.clicks + unused, {"dice": float(dice.mean())}
+
+
+class HolisticDistillationStep(nn.Module):
+    """ESAM-style holistic distillation for students of any shape (convolutional ones included): match the
+    teacher's final image embedding, its output mask (soft targets) and, where present, the ground truth, for the
+    same clicks. The teacher is frozen and not part of this module's parameters."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, clicks: int, weights: dict[str, float]) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = [teacher]  # a list keeps it out of this module's parameters and of DDP
+        self.clicks = clicks
+        self.weights = weights
+        s_dim, t_dim = student.config.prompt_dim, teacher.config.prompt_dim
+        self.project = nn.Identity() if s_dim == t_dim else nn.Conv3d(s_dim, t_dim, 1)
+        self.mask_loss = DiceCELoss(sigmoid=True)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+        teacher = self.teacher[0]
+        gen = torch.Generator().manual_seed(int(seed))
+        size = images.shape[-1]
+        with torch.no_grad():
+            t_emb = teacher.encode(images)
+        s_emb = self.student.encode(images)
+        t_flat = t_emb.float()
+        feature = F.mse_loss(self.project(s_emb), t_flat) / t_flat.pow(2).mean().clamp(min=1e-6)
+        points, labels = first_clicks(targets, gen)
+        s_prev = t_prev = None
+        output = truth = images.new_zeros(())
+        for _ in range(self.clicks):
+            with torch.no_grad():
+                t_low, _ = teacher.decode(t_emb, points=points, labels=labels, mask_input=t_prev)
+            s_low, _ = self.student.decode(s_emb, points=points, labels=labels, mask_input=s_prev)
+            output = output + F.binary_cross_entropy_with_logits(s_low, torch.sigmoid(t_low))
+            logits = F.interpolate(s_low, size=(size,) * 3, mode="trilinear", align_corners=False)
+            truth = truth + self.mask_loss(logits, targets)
+            new_points, new_labels = error_clicks((logits > 0).float().detach(), targets, gen)
+            points, labels = torch.cat([points, new_points], 1), torch.cat([labels, new_labels], 1)
+            s_prev, t_prev = s_low.detach(), t_low
+        w = self.weights
+        loss = (w["feature"] * feature + (w["output"] * output + w["truth"] * truth) / self.clicks
+                + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad))
+        return loss, {"feature_loss": float(feature.detach()), "output_loss": float(output.detach()) / self.clicks,
+                      "dice_ce": float(truth.detach()) / self.clicks}
