@@ -232,6 +232,50 @@ def distill(config: Path = _CONFIG, out: Path = _OUT, resume: bool = _RESUME, se
     _training_command("distill", config, out, resume, set)
 
 
+@app.command(help="Evaluate a model with the click protocol on an nnU-Net-layout dataset, against region growing "
+                  "and the random walker run through the same protocol.")
+def evaluate(
+    dataset: Path = typer.Argument(..., help="dataset folder: dataset.json, imagesTr, labelsTr"),
+    model: str = typer.Option("default", "--model", help="model name, stored name or YAML config"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights for --model"),
+    clicks: str = typer.Option("1,3,5,10", "--clicks", help="click counts to report, e.g. 1,3,5,10"),
+    out: Path = typer.Option(..., "--out", help="results JSON"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Dice-against-clicks figure (PNG)"),
+    cases: Optional[str] = typer.Option(None, "--cases", help="comma-separated case ids (default: all)"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="comma-separated label values (default: all)"),
+    min_size_ml: float = typer.Option(1.0, "--min-size-ml", help="smallest target volume"),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="run the classical baselines too"),
+    device: str = typer.Option("auto", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    from .evaluation.evaluate import evaluate as run_evaluation
+    from .evaluation.evaluate import plot as draw
+    from .evaluation.evaluate import write_json_atomic
+    from .evaluation.methods import ModelMethod, RandomWalker, RegionGrowing
+    from .io import check_writable
+    from .segmenter import Segmenter
+
+    if not (dataset / "dataset.json").is_file():
+        raise InputError(f"{dataset} is not a dataset folder (no dataset.json)")
+    counts = [int(c) for c in parse_numbers(clicks, len(clicks.split(",")), "--clicks")]
+    if plot is not None:
+        check_writable(plot.with_suffix(".nii.gz"))  # folder exists and is writable
+    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
+    name = getattr(segmenter.model, "name", model)
+    methods = {name: ModelMethod(segmenter, name)}
+    if baselines:
+        methods.update({"region_growing": RegionGrowing(), "random_walker": RandomWalker()})
+    results = run_evaluation(dataset, methods, counts, min_size_ml,
+                             cases=cases.split(",") if cases else None,
+                             label_values=[int(v) for v in labels.split(",")] if labels else None,
+                             log=lambda m: err.print(m, highlight=False))
+    results["checkpoint_sha256"] = segmenter.weights_sha256
+    write_json_atomic(out, results)
+    if plot is not None:
+        draw(results, plot)
+    err.print(f"mean Dice {json.dumps(results['mean_dice'])} -> {out}", highlight=False)
+
+
 models_app = typer.Typer(no_args_is_help=True, help="The local model store ($MEDSAM3D_HOME).")
 app.add_typer(models_app, name="models")
 

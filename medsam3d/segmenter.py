@@ -119,6 +119,10 @@ class Segmenter:
         self._last_logits.clear()
         return self.volume
 
+    def forget_previous(self) -> None:
+        """Drop the previous low-res logits (a new object): the next ``refine`` starts without a mask prompt."""
+        self._last_logits.clear()
+
     # ------------------------------------------------------------------ prediction
     def predict(self, points: Sequence[Sequence[float]] = (), labels: Optional[Sequence[int]] = None,
                 box: Optional[Sequence[float]] = None, mask: Optional[np.ndarray] = None, frame: Frame = "ijk",

@@ -1,0 +1,1 @@
+"""The click-protocol evaluator: targets, click placement, metrics, classical baselines, reports."""
