@@ -69,11 +69,16 @@ def segment(
     max_windows: int = typer.Option(8, "--max-windows", min=1,
                                     help="most 128^3 windows an object may grow into"),
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="also write a float probability map"),
+    output_type: str = typer.Option("image", "--output-type", help="image (from -o's extension) or dicom-seg "
+                                                                   "(DICOM input; needs medsam3d[dicom])"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report of the run"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print nothing but errors"),
     verbose: bool = typer.Option(False, "--verbose", help="print timings"),
 ) -> None:
     from .segmenter import Segmenter
+
+    if output_type not in ("image", "dicom-seg"):
+        raise InputError(f"unknown --output-type {output_type!r}; use image or dicom-seg")
 
     started = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
@@ -86,7 +91,8 @@ def segment(
         if input is None or output is None:
             raise InputError("give a scan and -o OUTPUT (or --batch jobs.jsonl)")
         jobs = [{"input": input, "output": output, "mask": mask, "probabilities": probabilities,
-                 "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame)}]
+                 "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame),
+                 "dicom_seg": output_type == "dicom-seg"}]
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = jobs[rank::world]
     if batch is None:
@@ -129,8 +135,16 @@ def _check_job(job: dict) -> None:
     from .io import check_writable
 
     inp, out, prob = job["input"], job["output"], job.get("probabilities")
+    if job.get("dicom_seg"):
+        if not Path(inp).is_dir():
+            raise InputError("--output-type dicom-seg needs a DICOM folder as input (unzip a .zip first)")
+        if not str(out).lower().endswith(".dcm"):
+            raise InputError("--output-type dicom-seg writes a .dcm file: give -o NAME.dcm")
     for target in [out] + ([prob] if prob else []):
-        check_writable(target)
+        if not (job.get("dicom_seg") and target == out):
+            check_writable(target)
+        elif not Path(target).parent.is_dir():
+            raise InputError(f"output folder does not exist: {Path(target).parent}")
         if inp.exists() and target.exists() and target.resolve() == inp.resolve():
             raise InputError(f"output {target} is the input; medsam3d never overwrites an input")
     if prob and Path(prob).resolve() == Path(out).resolve():
@@ -163,7 +177,14 @@ def _segment_one(segmenter, job: dict, say) -> dict:
         objects.append({"label": obj["label"], "prompts": p.describe(volume), "windows": len(result.windows),
                         "volume_ml": result.volume_ml, "predicted_iou": result.iou, "timings_s": result.timings})
         say(f"label {obj['label']}: {result.volume_ml:.1f} ml in {len(result.windows)} window(s)")
-    write_volume(volume.with_array(labels), job["output"])
+    if job.get("dicom_seg"):
+        from .dicom_seg import write_dicom_seg
+        from .io import dicom_series_files
+
+        _, files = dicom_series_files(Path(job["input"]), job.get("series"))
+        write_dicom_seg(labels, files, job["output"], getattr(segmenter.model, "name", "medsam3d"))
+    else:
+        write_volume(volume.with_array(labels), job["output"])
     if probs is not None:
         write_volume(volume.with_array(probs), job["probabilities"])
     say(f"wrote {job['output']}")

@@ -195,7 +195,9 @@ def _check_image(image: sitk.Image, path: Path) -> sitk.Image:
     return image
 
 
-def _read_dicom_folder(folder: Path, series_uid: Optional[str], shown_as: Optional[Path] = None) -> sitk.Image:
+def dicom_series_files(folder: Path, series_uid: Optional[str], shown_as: Optional[Path] = None
+                       ) -> tuple[str, list[str]]:
+    """(series UID, its files in slice order) of a DICOM folder (or its first sub-folder holding a series)."""
     shown = shown_as or folder
     reader = sitk.ImageSeriesReader()
     uids = list(reader.GetGDCMSeriesIDs(str(folder)))
@@ -213,7 +215,13 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str], shown_as: Option
         series_uid = uids[0]
     elif series_uid not in uids:
         raise InputError(f"series {series_uid} is not in {shown}; it holds: {', '.join(uids)}")
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    return series_uid, list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+
+
+def _read_dicom_folder(folder: Path, series_uid: Optional[str], shown_as: Optional[Path] = None) -> sitk.Image:
+    shown = shown_as or folder
+    series_uid, files = dicom_series_files(folder, series_uid, shown_as)
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         return reader.Execute()

@@ -134,6 +134,8 @@ def write_dicom_series(volume: Volume, folder: Path, uid: str) -> None:
         sl = image[:, :, z]
         tags = {
             "0020|000e": uid, "0020|000d": uid + ".0", "0008|0060": "CT", "0010|0010": "TEST^PHANTOM",
+            "0020|0052": uid + ".9", "0010|0020": "PHANTOM1", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0018|0050": f"{image.GetSpacing()[2]:.6f}",
             "0020|0037": "\\".join(f"{v:.10f}" for v in (direction[0], direction[3], direction[6],
                                                         direction[1], direction[4], direction[7])),
             "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, z))),
@@ -278,3 +280,32 @@ def test_bad_input_exits_2_with_one_line(tmp_path, scan, small_model, capsys, ca
     assert "Traceback" not in err
     assert not out.exists() and not list(out.parent.glob(".mask*"))
     assert hashlib.sha256(scan.read_bytes()).hexdigest() == before
+
+
+def test_dicom_input_to_dicom_seg_output(tmp_path, small_model, capsys):
+    pytest.importorskip("highdicom")
+    import highdicom as hd
+
+    cfg, ckpt = small_model
+    volume, _ = sphere_volume("lps", extent_mm=60.0)
+    uid = "1.2.826.0.1.3680043.2.1125.7"
+    write_dicom_series(volume, tmp_path / "series", uid)
+    base = ["segment", tmp_path / "series", "--point", "20,30,12", "--model", cfg, "--checkpoint", ckpt, "-q"]
+    code, err = run([*base, "-o", tmp_path / "mask.nii.gz"], capsys)
+    assert code == 0, err
+    expected = read_volume(tmp_path / "mask.nii.gz").array
+    code, err = run([*base, "-o", tmp_path / "mask.dcm", "--output-type", "dicom-seg"], capsys)
+    if not expected.any():
+        assert code == 2 and "empty" in err
+        return
+    assert code == 0, err
+    seg = hd.seg.segread(tmp_path / "mask.dcm")
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+    frames = seg.pixel_array.reshape(-1, *seg.pixel_array.shape[-2:])
+    assert frames.shape == (volume.shape[2], volume.shape[1], volume.shape[0])  # one frame per source slice
+    for frame, info in zip(frames, seg.PerFrameFunctionalGroupsSequence):  # frames say which slice they cover
+        source = info.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        z = int(source.rsplit(".", 1)[1]) - 1  # write_dicom_series numbers slice z as instance z + 1
+        np.testing.assert_array_equal(frame.T > 0, expected[:, :, z] > 0)
+    code, err = run([*base, "-o", tmp_path / "mask2.nii.gz", "--output-type", "dicom-seg"], capsys)
+    assert code == 2 and ".dcm" in err
