@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Fetch public CT/MR scans with labels from package registries only, and build nnU-Net v2 datasets.
+#
+# Usage:   bash scripts/fetch_public_data.sh            (from anywhere; paths are relative to the repo root)
+#          PYTHON=/path/to/python bash scripts/fetch_public_data.sh
+#
+# Downloads (skipped when already present, then checked against pinned SHA-256 sums) into data/downloads/:
+#   totalsegmentator-2.18.0.tar.gz                 PyPI source package (pip download --no-binary)
+#   nilearn-0.14.1-py3-none-any.whl                PyPI wheel
+#   mricron-data_1.2.20211006+dfsg-4_all.deb       Debian package (apt-get download; needs `apt-get update` once)
+# then runs scripts/prepare_public_data.py, which writes data/public/Dataset20{1,2,3}_*/, data/public/manifest.json
+# and the bundled example data/example_ct_sm{,_liver}.nii.gz. Safe to run again: the result is the same.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+DL="$REPO/data/downloads"
+mkdir -p "$DL"
+
+TS_FILE="totalsegmentator-2.18.0.tar.gz"
+TS_SHA="5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
+NL_FILE="nilearn-0.14.1-py3-none-any.whl"
+NL_SHA="725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a"
+MR_FILE="mricron-data_1.2.20211006+dfsg-4_all.deb"
+MR_SHA="d40aa0ed66cf89bf6cafa049ad3884703c9d975c2ee2737525b7196528df9d6f"
+
+# fetch FILE COMMAND...: run COMMAND in $DL unless FILE is already there; fail if FILE is still missing.
+fetch() {
+    local file="$1"; shift
+    if [[ -f "$DL/$file" ]]; then
+        echo "present:     $file"
+    else
+        echo "downloading: $file"
+        if ! (cd "$DL" && "$@") || [[ ! -f "$DL/$file" ]]; then
+            echo "error: could not download $file with: $*" >&2
+            return 1
+        fi
+    fi
+}
+
+fetch "$TS_FILE" "$PYTHON" -m pip download --quiet --no-deps --no-binary totalsegmentator \
+    totalsegmentator==2.18.0 -d .
+fetch "$NL_FILE" "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: nilearn==0.14.1 -d .
+fetch "$MR_FILE" apt-get download -q mricron-data=1.2.20211006+dfsg-4 \
+    || { echo "hint: apt-get download needs package lists: run 'apt-get update' once" >&2; exit 1; }
+
+(cd "$DL" && sha256sum --check --quiet - <<EOF
+$TS_SHA  $TS_FILE
+$NL_SHA  $NL_FILE
+$MR_SHA  $MR_FILE
+EOF
+) || { echo "error: checksum mismatch in $DL (delete the file and run again)" >&2; exit 1; }
+echo "checksums OK"
+
+cd "$REPO"
+"$PYTHON" scripts/prepare_public_data.py --downloads "$DL" --out "$REPO/data/public"

@@ -1,0 +1,523 @@
+#!/usr/bin/env python
+"""Build nnU-Net v2 datasets from the public scans that scripts/fetch_public_data.sh downloads.
+
+    python scripts/prepare_public_data.py [--downloads data/downloads] [--out data/public]
+
+Inputs (in --downloads; fetched from package registries only):
+  totalsegmentator-2.18.0.tar.gz            tests/reference_files: CT/MR examples + TotalSegmentator label maps
+  nilearn-0.14.1-py3-none-any.whl           ICBM152 2009a T1 template + grey/white matter probability maps
+  mricron-data_1.2.20211006+dfsg-4_all.deb  Colin27 T1 (ch2) + the AAL atlas (116 regions) on the same grid
+
+Outputs:
+  OUT/Dataset201_TotalSegCT   ts_ct, ts_ct_sm, ts_ct_dicom, ts_cta   (labels: TotalSegmentator "total" v2 map)
+  OUT/Dataset202_TotalSegMR   ts_mr_sm                              (labels: "total_mr" map)
+  OUT/Dataset203_BrainMR      icbm152 (grey/white matter, CSF), colin27 (AAL regions, values + 3)
+  OUT/manifest.json           every case: source, license, labels, shape, spacing, held-out flag
+  data/example_ct_sm.nii.gz + data/example_ct_sm_liver.nii.gz   the bundled example (committed)
+
+Images keep their own geometry. A label map is written on its image's exact grid: as is when the grids agree,
+by lossless nearest-neighbour resampling when the voxel centres coincide (flipped axes, a crop), otherwise the
+pair is skipped with a warning. Held-out cases come from configs/data/public_split.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from nibabel.affines import apply_affine
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT_FILE = REPO / "configs" / "data" / "public_split.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A downloaded archive: where it came from and under which terms its data is used."""
+
+    package: str
+    registry: str
+    version: str
+    archive: str
+    license: str
+
+
+TOTALSEG = Source("totalsegmentator", "PyPI (source package)", "2.18.0", "totalsegmentator-2.18.0.tar.gz",
+                  "Apache-2.0 (TotalSegmentator, Wasserthal et al., Radiology: AI 2023)")
+NILEARN = Source("nilearn", "PyPI (wheel)", "0.14.1", "nilearn-0.14.1-py3-none-any.whl",
+                 "MNI ICBM152 2009 template terms (Copyright 1993-2009 Louis Collins, McConnell Brain Imaging "
+                 "Centre, MNI, McGill University: use, copy, modify and distribute with the copyright notice); "
+                 "nilearn's own description says 'unknown'; see data/README.md")
+MRICRON = Source("mricron-data", "Debian bookworm (apt-get download)", "1.2.20211006+dfsg-4",
+                 "mricron-data_1.2.20211006+dfsg-4_all.deb",
+                 "BSD-3-clause per the package's copyright file (Files: *, Chris Rorden), which states no separate "
+                 "terms for AAL or Colin27; see data/README.md")
+
+TS_DIR = "totalsegmentator-2.18.0"
+TS_REF = f"{TS_DIR}/tests/reference_files"
+TS_LABEL_NOTE = ("TotalSegmentator model output kept as a reference file of its test suite "
+                 "(a pseudo-label, not a manual annotation)")
+
+# The aorta report's masks combined into one map, painted in this order (later ones win where they overlap).
+# The aorta's true/false lumen, annulus and sinotubular-junction masks subdivide the aorta and are left out.
+CTA_STRUCTURES = ("aorta", "vertebrae_T12", "brachiocephalic_trunk", "subclavian_artery_left",
+                  "common_carotid_artery_left", "celiac_trunk", "superior_mesenteric_artery")
+CTA_EXTRA_LABELS = {"celiac_trunk": 118, "superior_mesenteric_artery": 119}  # not in the "total" map
+BONE_PREFIXES = ("vertebrae_", "rib_", "sacrum", "hip_", "femur_", "sternum", "skull", "humerus_", "scapula_")
+MIN_BONE_HU = 150.0  # mean HU inside bone labels below this means image and label are misaligned
+AAL_OFFSET = 3  # Dataset203: 1-3 are the ICBM152 tissue classes, AAL region k is written as k + 3
+
+
+def warn(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr)
+
+
+def display(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+
+
+def _extract_once(dest: Path, extract: Callable[[Path], None]) -> Path:
+    """Run ``extract(tmp)`` into a fresh folder and move it to ``dest``, unless a complete ``dest`` exists."""
+    if (dest / ".complete").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    extract(tmp)
+    (tmp / ".complete").touch()
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def extract_sources(downloads: Path) -> dict[str, Path]:
+    """Unpack the parts of the three archives that are used -> {"totalseg", "nilearn", "mricron"}: roots."""
+    root = downloads / "extracted"
+
+    def untar(tmp: Path) -> None:
+        wanted = (f"{TS_REF}/", f"{TS_DIR}/totalsegmentator/map_to_binary.py", f"{TS_DIR}/LICENSE")
+        with tarfile.open(downloads / TOTALSEG.archive) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
+            tar.extractall(tmp, members=members, **safe)
+
+    def unzip(tmp: Path) -> None:
+        wanted = ("nilearn/datasets/data/mni_icbm152_", "nilearn/datasets/description/icbm152_2009.rst",
+                  "nilearn-0.14.1.dist-info/licenses/")
+        with zipfile.ZipFile(downloads / NILEARN.archive) as whl:
+            whl.extractall(tmp, members=[n for n in whl.namelist() if n.startswith(wanted)])
+
+    def undeb(tmp: Path) -> None:
+        subprocess.run(["dpkg-deb", "-x", str(downloads / MRICRON.archive), str(tmp)], check=True)
+
+    return {"totalseg": _extract_once(root / "totalsegmentator-2.18.0", untar) / TS_DIR,
+            "nilearn": _extract_once(root / "nilearn-0.14.1", unzip),
+            "mricron": _extract_once(root / "mricron-data", undeb)}
+
+
+def read_class_maps(map_to_binary: Path) -> dict[str, dict[int, str]]:
+    """TotalSegmentator's ``class_map`` dict literal, parsed (not imported) from its map_to_binary.py."""
+    for node in ast.parse(map_to_binary.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "class_map" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"no class_map in {map_to_binary}")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------- geometry
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same size, spacing, origin and direction (up to float noise)."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=1e-5)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-3)
+            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-5))
+
+
+def grid_points_coincide(label: sitk.Image, image: sitk.Image, tol: float = 1e-3) -> bool:
+    """True when every voxel centre of ``image`` is a voxel centre of ``label``'s (unbounded) grid and one voxel
+    step maps to one voxel step (axes may be flipped or permuted): nearest-neighbour resampling is then a pure
+    re-indexing, with no interpolation."""
+    def to_label(index: tuple[int, int, int]) -> np.ndarray:
+        return np.array(label.TransformPhysicalPointToContinuousIndex(image.TransformIndexToPhysicalPoint(index)))
+
+    start = to_label((0, 0, 0))
+    steps = np.abs([to_label(e) - start for e in ((1, 0, 0), (0, 1, 0), (0, 0, 1))])
+    is_permutation = np.allclose(np.sort(steps, axis=1), [0, 0, 1], atol=tol) and np.allclose(steps.sum(0), 1, atol=tol)
+    return bool(is_permutation and np.allclose(start, np.round(start), atol=tol))
+
+
+def foreground_voxels(label: sitk.Image) -> int:
+    return int(np.count_nonzero(sitk.GetArrayViewFromImage(label)))
+
+
+def match_label(label: sitk.Image, image: sitk.Image, allow_interpolation: bool = False
+                ) -> tuple[Optional[sitk.Image], str]:
+    """``label`` on ``image``'s exact grid -> (label or None when it cannot be matched safely, how)."""
+    if same_grid(label, image):
+        out = sitk.Image(label)
+        out.CopyInformation(image)
+        return out, "same grid"
+    coincide = grid_points_coincide(label, image)
+    if not (coincide or allow_interpolation):
+        return None, "grids differ and their voxel centres do not coincide"
+    out = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    if not coincide:
+        return out, "nearest-neighbour resampling onto the image grid"
+    lost = foreground_voxels(label) - foreground_voxels(out)
+    if lost:
+        return None, f"{lost} labelled voxels lie outside the image"
+    return out, "lossless nearest-neighbour re-indexing (voxel centres coincide)"
+
+
+def as_label_type(label: sitk.Image) -> sitk.Image:
+    """uint8 when the values fit, else uint16."""
+    top = int(sitk.GetArrayViewFromImage(label).max())
+    if top > 65535:
+        raise ValueError(f"label value {top} does not fit uint16")
+    return sitk.Cast(label, sitk.sitkUInt8 if top <= 255 else sitk.sitkUInt16)
+
+
+def ct_as_int16(image: sitk.Image) -> sitk.Image:
+    """CT in int16 when its values are integers within int16's range (else unchanged)."""
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype == np.int16 or not np.issubdtype(array.dtype, np.integer):
+        return image
+    if array.min() < -32768 or array.max() > 32767:
+        return image
+    return sitk.Cast(image, sitk.sitkInt16)
+
+
+# ----------------------------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    """One image + label pair, with its label already on the image's grid."""
+
+    case_id: str
+    subject: str
+    modality: str
+    image: sitk.Image
+    label: sitk.Image
+    source: Source
+    files: dict
+    label_geometry: str
+    notes: list[str] = field(default_factory=list)
+
+
+def make_case(case_id: str, subject: str, modality: str, image: sitk.Image, label: sitk.Image, source: Source,
+              files: dict, notes: Optional[list[str]] = None, allow_interpolation: bool = False) -> Optional[Case]:
+    """Match ``label`` to ``image``; None (with a warning) when that cannot be done safely."""
+    matched, how = match_label(label, image, allow_interpolation)
+    if matched is None:
+        warn(f"skipping {case_id}: {how}")
+        return None
+    if modality == "CT":
+        image = ct_as_int16(image)
+    print(f"  {case_id}: label {how}")
+    return Case(case_id, subject, modality, image, as_label_type(matched), source, files, how, list(notes or []))
+
+
+def bone_mean_hu(case: Case, names: dict[int, str]) -> Optional[float]:
+    """Mean HU inside the bone labels of a CT case (None when it has none): a check of image/label alignment."""
+    bones = [v for v, n in names.items() if n.startswith(BONE_PREFIXES)]
+    mask = np.isin(sitk.GetArrayViewFromImage(case.label), bones)
+    return float(sitk.GetArrayViewFromImage(case.image)[mask].mean()) if mask.any() else None
+
+
+def slab_offset(volume: sitk.Image, slab: sitk.Image) -> Optional[int]:
+    """k when ``slab``'s voxels equal ``volume``'s slices k..k+n-1 (the last array axis), else None."""
+    big, small = sitk.GetArrayViewFromImage(volume), sitk.GetArrayViewFromImage(slab)
+    if big.shape[1:] != small.shape[1:]:
+        return None
+    return next((k for k in range(big.shape[0] - small.shape[0] + 1)
+                 if np.array_equal(big[k:k + small.shape[0]], small)), None)
+
+
+def totalseg_ct_cases(ts: Path, total: dict[int, str]) -> list[Case]:
+    """Dataset201: the TotalSegmentator example CTs with their multi-label maps."""
+    ref = ts / "tests" / "reference_files"
+
+    def read(name: str) -> sitk.Image:
+        return sitk.ReadImage(str(ref / name))
+
+    cases = []
+
+    ct, ct_sm = read("example_ct.nii.gz"), read("example_ct_sm.nii.gz")
+    cases.append(make_case("ts_ct", "totalseg_example_ct", "CT", ct, read("example_seg_fast_force_split.nii.gz"),
+                           TOTALSEG, {"image": f"{TS_REF}/example_ct.nii.gz",
+                                      "label": f"{TS_REF}/example_seg_fast_force_split.nii.gz"},
+                           ["label from the 3 mm 'fast' model"]))
+    offset = slab_offset(ct, ct_sm)
+    if offset is None:
+        slab_note = "not found as a slab of ts_ct"
+    else:
+        last, shift = offset + ct_sm.GetSize()[2] - 1, offset * ct.GetSpacing()[2]
+        slab_note = (f"voxels identical to ts_ct slices {offset}-{last} (same patient), but its header keeps "
+                     f"ts_ct's origin, so its world z is off by {shift:g} mm")
+    cases.append(make_case("ts_ct_sm", "totalseg_example_ct", "CT", ct_sm, read("example_seg.nii.gz"), TOTALSEG,
+                           {"image": f"{TS_REF}/example_ct_sm.nii.gz", "label": f"{TS_REF}/example_seg.nii.gz"},
+                           [slab_note]))
+
+    series = sitk.ImageSeriesReader()
+    series.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(ref / "example_ct_dicom")))
+    cases.append(make_case("ts_ct_dicom", "totalseg_dicom_petct", "CT", series.Execute(),
+                           read("example_seg_dicom.nii.gz"), TOTALSEG,
+                           {"image": f"{TS_REF}/example_ct_dicom/ (DICOM series)",
+                            "label": f"{TS_REF}/example_seg_dicom.nii.gz"},
+                           ["CT of a PET/CT (Siemens Biograph mCT, 2022), a different patient from ts_ct"]))
+
+    models = ref / "aorta_report" / "test_result" / "models"
+    values = {name: value for value, name in total.items()} | CTA_EXTRA_LABELS
+    grid = sitk.ReadImage(str(models / f"{CTA_STRUCTURES[0]}.nii.gz"))
+    combined = np.zeros(sitk.GetArrayViewFromImage(grid).shape, np.uint8)
+    for name in CTA_STRUCTURES:
+        mask = sitk.ReadImage(str(models / f"{name}.nii.gz"))
+        if not same_grid(mask, grid):
+            warn(f"ts_cta: {name} is not on the masks' common grid; left out")
+        elif not np.any(sitk.GetArrayViewFromImage(mask)):
+            warn(f"ts_cta: {name} is empty; left out")
+        else:
+            combined[sitk.GetArrayViewFromImage(mask) > 0] = values[name]
+    label = sitk.GetImageFromArray(combined)
+    label.CopyInformation(grid)
+    cases.append(make_case("ts_cta", "totalseg_aorta_cta", "CT", read("aorta_report/example_ct.nii.gz"), label,
+                           TOTALSEG, {"image": f"{TS_REF}/aorta_report/example_ct.nii.gz",
+                                      "label": f"{TS_REF}/aorta_report/test_result/models/"
+                                               f"{{{','.join(CTA_STRUCTURES)}}}.nii.gz"},
+                           [("CT angiography of the chest/upper abdomen; PARTIAL labels: only the aorta, its "
+                             "branches and T12 are labelled, other organs are background"),
+                            "the masks are on the grid of ct_cropped.nii.gz, a crop of the image"]))
+
+    names = {0: "background"} | total | {v: n for n, v in CTA_EXTRA_LABELS.items()}
+    checked = []
+    for case in filter(None, cases):
+        hu = bone_mean_hu(case, names)
+        if hu is not None and hu < MIN_BONE_HU:
+            warn(f"skipping {case.case_id}: mean HU in bone labels is {hu:.0f} (< {MIN_BONE_HU:g}): misaligned")
+            continue
+        case.notes += [TS_LABEL_NOTE, f"alignment check: mean HU inside bone labels {hu:.0f}" if hu is not None
+                       else "no bone labels to check alignment"]
+        checked.append(case)
+    return checked
+
+
+def totalseg_mr_cases(ts: Path) -> list[Case]:
+    """Dataset202: the TotalSegmentator example MR slab with its "total_mr" label map."""
+    ref = ts / "tests" / "reference_files"
+    case = make_case("ts_mr_sm", "totalseg_example_mr", "MR", sitk.ReadImage(str(ref / "example_mr_sm.nii.gz")),
+                     sitk.ReadImage(str(ref / "example_seg_mr.nii.gz")), TOTALSEG,
+                     {"image": f"{TS_REF}/example_mr_sm.nii.gz", "label": f"{TS_REF}/example_seg_mr.nii.gz"},
+                     [TS_LABEL_NOTE])
+    return [case] if case else []
+
+
+def read_aal_names(path: Path) -> dict[int, str]:
+    """MRIcron's aal.nii.txt ("index name code" per line) -> {index: name}."""
+    names = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def brain_mr_cases(nilearn_root: Path, mricron_root: Path) -> list[Case]:
+    """Dataset203: ICBM152 2009a (grey/white matter, CSF) and Colin27 (AAL regions + 3)."""
+    name = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+    t1, gm, wm = (sitk.ReadImage(str(nilearn_root / name.format(kind))) for kind in ("t1", "gm", "wm"))
+    cases = []
+    if same_grid(gm, t1) and same_grid(wm, t1):
+        # The wheel has no CSF map: CSF probability = 1 - p(GM) - p(WM) inside the (skull-stripped) T1's brain.
+        p_gm = sitk.GetArrayFromImage(gm).astype(np.float32) / 255
+        p_wm = sitk.GetArrayFromImage(wm).astype(np.float32) / 255
+        p_csf = np.where(sitk.GetArrayViewFromImage(t1) > 0, 1 - p_gm - p_wm, 0).astype(np.float32)
+        probs = np.stack([np.zeros_like(p_gm), p_gm, p_wm, p_csf])
+        tissue = np.where(probs.max(0) > 0.5, probs.argmax(0), 0).astype(np.uint8)
+        label = sitk.GetImageFromArray(tissue)
+        label.CopyInformation(t1)
+        cases.append(make_case("icbm152", "icbm152_2009a_population_average", "MR", t1, label, NILEARN,
+                               {"image": name.format("t1"), "label": f"{name.format('gm')} + {name.format('wm')}"},
+                               [("population-average template (ICBM152 2009a symmetric, skull-stripped and "
+                                 "rescaled by nilearn), not a single subject"),
+                                ("labels: argmax of p(GM), p(WM), p(CSF) above 0.5; p(CSF) = 1 - p(GM) - p(WM) "
+                                 "inside the brain (T1 > 0), as the wheel has no CSF map")]))
+    else:
+        warn("skipping icbm152: the grey/white matter maps are not on the T1's grid")
+
+    templates = mricron_root / "usr" / "share" / "mricron" / "templates"
+    aal = sitk.ReadImage(str(templates / "aal.nii.gz"))
+    regions = sitk.GetArrayFromImage(aal).astype(np.uint8)
+    shifted = sitk.GetImageFromArray(np.where(regions > 0, regions + AAL_OFFSET, 0).astype(np.uint8))
+    shifted.CopyInformation(aal)
+    cases.append(make_case("colin27", "colin27", "MR", sitk.ReadImage(str(templates / "ch2.nii.gz")), shifted,
+                           MRICRON, {"image": "usr/share/mricron/templates/ch2.nii.gz",
+                                     "label": "usr/share/mricron/templates/aal.nii.gz (+ aal.nii.txt names)"},
+                           [("Colin27 single-subject T1 (ch2, 1 mm; ch2better is a 0.5 mm version of it), on the "
+                             f"AAL atlas's grid; AAL region k is label k + {AAL_OFFSET}; no tissue-class labels")],
+                           allow_interpolation=True))
+    return [c for c in cases if c is not None]
+
+
+# ------------------------------------------------------------------------------------------------- writing
+
+
+def write_dataset(root: Path, name: str, description: str, channel: str, labels: dict[str, int],
+                  cases: list[Case], heldout: set[str], downloads: Path) -> list[dict]:
+    """Write one nnU-Net v2 dataset folder (replacing an old one) -> its manifest entries."""
+    values = sorted(labels.values())
+    if values != list(range(len(values))) or labels.get("background") != 0:
+        raise ValueError(f"{name}: labels must be background 0 and consecutive values")
+    folder = root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    entries = []
+    for case in cases:
+        present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(case.label)) if v != 0]
+        if not set(present) <= set(values):
+            raise ValueError(f"{case.case_id}: label values {sorted(set(present) - set(values))} not in {name}")
+        label = sitk.Image(case.label)
+        label.CopyInformation(case.image)
+        sitk.WriteImage(case.image, str(folder / "imagesTr" / f"{case.case_id}_0000.nii.gz"), True)
+        sitk.WriteImage(label, str(folder / "labelsTr" / f"{case.case_id}.nii.gz"), True)
+        entries.append({
+            "dataset": name, "case_id": case.case_id, "subject": case.subject, "modality": case.modality,
+            "heldout": case.case_id in heldout,
+            "source": {"package": case.source.package, "registry": case.source.registry,
+                       "version": case.source.version, "archive": case.source.archive,
+                       "archive_sha256": sha256(downloads / case.source.archive), **case.files},
+            "license": case.source.license,
+            "num_labels": len(present), "label_values": present,
+            "shape": list(case.image.GetSize()), "spacing": [round(s, 6) for s in case.image.GetSpacing()],
+            "image_dtype": case.image.GetPixelIDTypeAsString(), "label_geometry": case.label_geometry,
+            "notes": case.notes,
+        })
+    meta = {"name": name.split("_", 1)[1], "description": description, "channel_names": {"0": channel},
+            "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz",
+            "heldout_cases": sorted(c.case_id for c in cases if c.case_id in heldout),
+            "licence": "; ".join(sorted({c.source.license for c in cases})),
+            "reference": "see data/README.md and manifest.json"}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"{name}: {len(cases)} case(s) -> {folder}")
+    return entries
+
+
+def write_bundled_example(ts: Path, total: dict[int, str], data_dir: Path) -> dict:
+    """Copy example_ct_sm.nii.gz to data/ and write its liver mask with the CT's own NIfTI header."""
+    ref = ts / "tests" / "reference_files"
+    ct_path = ref / "example_ct_sm.nii.gz"
+    out_ct, out_liver = data_dir / "example_ct_sm.nii.gz", data_dir / "example_ct_sm_liver.nii.gz"
+    liver_value = {n: v for v, n in total.items()}["liver"]
+    ct, seg = nib.load(ct_path), nib.load(ref / "example_seg.nii.gz")
+    if ct.shape != seg.shape or not np.allclose(ct.affine, seg.affine):
+        raise RuntimeError("example_seg.nii.gz is not on example_ct_sm.nii.gz's grid")
+    liver = (np.asanyarray(seg.dataobj) == liver_value).astype(np.uint8)
+
+    # It should look like a liver: the largest labelled structure, on the patient's right (RAS x > body's x).
+    volume_ml = float(liver.sum() * np.prod(ct.header.get_zooms()[:3]) / 1000.0)
+    counts = np.bincount(np.asanyarray(seg.dataobj).astype(np.int64).ravel())
+    counts[0] = 0
+    def centre_x(mask: np.ndarray) -> float:  # RAS x (mm) of the mask's centre of mass
+        return float(apply_affine(ct.affine, np.argwhere(mask).mean(0))[0])
+
+    liver_x, body_x = centre_x(liver), centre_x(np.asanyarray(ct.dataobj) > -500)
+    if int(counts.argmax()) != liver_value or liver_x <= body_x or not 500 <= volume_ml <= 3500:
+        raise RuntimeError(f"label {liver_value} does not look like the liver ({volume_ml:.0f} ml, "
+                           f"largest label {counts.argmax()}, x {liver_x:.0f} vs body {body_x:.0f} mm RAS)")
+
+    header = ct.header.copy()
+    header.set_data_dtype(np.uint8)
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ct_path, out_ct)
+    nib.save(nib.Nifti1Image(liver, ct.affine, header), out_liver)
+    print(f"bundled example: {out_ct.name} + {out_liver.name} (liver = label {liver_value}, {volume_ml:.0f} ml, "
+          f"{liver_x - body_x:.0f} mm right of the body's centre)")
+    return {"image": display(out_ct), "liver_mask": display(out_liver),
+            "liver_label_value": liver_value, "liver_volume_ml": round(volume_ml, 1),
+            "source": f"{TOTALSEG.archive}: {TS_REF}/example_ct_sm.nii.gz + example_seg.nii.gz",
+            "license": TOTALSEG.license}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--downloads", type=Path, default=REPO / "data" / "downloads")
+    parser.add_argument("--out", type=Path, default=REPO / "data" / "public")
+    parser.add_argument("--example-dir", type=Path, default=REPO / "data", help="where the bundled example goes")
+    args = parser.parse_args(argv)
+
+    missing = [s.archive for s in (TOTALSEG, NILEARN, MRICRON) if not (args.downloads / s.archive).is_file()]
+    if missing:
+        sys.exit(f"missing in {args.downloads}: {', '.join(missing)} (run scripts/fetch_public_data.sh)")
+    heldout = set(json.loads(SPLIT_FILE.read_text())["heldout"])
+    roots = extract_sources(args.downloads)
+    maps = read_class_maps(roots["totalseg"] / "totalsegmentator" / "map_to_binary.py")
+    total, total_mr = maps["total"], maps["total_mr"]
+    aal = read_aal_names(roots["mricron"] / "usr" / "share" / "mricron" / "templates" / "aal.nii.txt")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    print("Dataset201_TotalSegCT")
+    entries += write_dataset(
+        args.out, "Dataset201_TotalSegCT",
+        "TotalSegmentator 2.18.0 test-suite CTs with its 'total' (v2) label maps (model outputs); ts_cta is "
+        "partially labelled (aorta, branches, T12; 118-119 added)", "CT",
+        {"background": 0} | {n: v for v, n in sorted(total.items())} | CTA_EXTRA_LABELS,
+        totalseg_ct_cases(roots["totalseg"], total), heldout, args.downloads)
+    print("Dataset202_TotalSegMR")
+    entries += write_dataset(
+        args.out, "Dataset202_TotalSegMR",
+        "TotalSegmentator 2.18.0 test-suite MR slab with its 'total_mr' label map (model output)", "MR",
+        {"background": 0} | {n: v for v, n in sorted(total_mr.items())},
+        totalseg_mr_cases(roots["totalseg"]), heldout, args.downloads)
+    print("Dataset203_BrainMR")
+    entries += write_dataset(
+        args.out, "Dataset203_BrainMR",
+        "Brain T1 MR: ICBM152 2009a template with tissue classes 1-3; Colin27 with the AAL atlas (AAL region k "
+        f"= label k + {AAL_OFFSET}). Each case carries only its own label set (partial labels).", "MR",
+        {"background": 0, "grey_matter": 1, "white_matter": 2, "csf": 3}
+        | {n: k + AAL_OFFSET for k, n in sorted(aal.items())},
+        brain_mr_cases(roots["nilearn"], roots["mricron"]), heldout, args.downloads)
+
+    unknown = heldout - {e["case_id"] for e in entries}
+    if unknown:
+        warn(f"held-out case(s) {sorted(unknown)} in {SPLIT_FILE.name} were not built")
+    example = write_bundled_example(roots["totalseg"], total, args.example_dir)
+    manifest = {"generated_by": "scripts/prepare_public_data.py", "split_file": display(SPLIT_FILE),
+                "datasets": sorted({e["dataset"] for e in entries}), "cases": entries, "bundled_example": example}
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"manifest: {args.out / 'manifest.json'} ({len(entries)} cases, held out: "
+          f"{', '.join(e['case_id'] for e in entries if e['heldout'])})")
+
+
+if __name__ == "__main__":
+    main()
