@@ -67,9 +67,12 @@ def load_model(model: str | PromptableModel, checkpoint: Optional[str | Path], d
     from .models import build_model
 
     decoder, config, sha = None, {}, None
+    stored = None
     if model == "default":
-        model, checkpoint = store.default_model()
-    elif checkpoint is None and (stored := store.resolve(model)) is not None:
+        stored = store.default_model()
+    elif checkpoint is None:
+        stored = store.resolve(model)
+    if stored is not None:
         model, checkpoint, decoder, config, sha = (stored.model, stored.checkpoint, stored.decoder_checkpoint,
                                                     stored.config, stored.sha256)
     built = build_model(model, checkpoint=checkpoint, decoder_checkpoint=decoder, device=device, **config)

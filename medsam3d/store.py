@@ -94,14 +94,17 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- queries
-def default_model() -> tuple[str, Path]:
-    """(model name, checkpoint path) of the default model that ships inside the package."""
+def default_model() -> Resolved:
+    """The default model that ships inside the package (weights checked against their recorded sha256)."""
     card = PACKAGED / "default.json"
     if not card.is_file():
         raise InputError("no trained default model ships with this version of medsam3d yet; pass --model NAME "
                          "--checkpoint PATH, or pull a published model (medsam3d models pull sam-med3d-turbo)")
     info = json.loads(card.read_text())
-    return info["model"], PACKAGED / info["file"]
+    path = PACKAGED / info["file"]
+    if not path.is_file() or sha256_of(path) != info["sha256"]:
+        raise InputError(f"the packaged default weights {path} are missing or damaged; reinstall medsam3d")
+    return Resolved(info["model"], info.get("config", {}), path, None, info["sha256"])
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Package a trained run as the default model that ships inside medsam3d (``medsam3d/weights/``).
+
+    python scripts/package_default.py runs/default [--fp16]
+
+Writes ``medsam3d/weights/default.pt`` (model weights only; fp16 halves the size and loads into fp32) and
+``default.json`` (architecture, config, sha256, and where it came from). The model card in docs/ is written by
+hand from the evaluation results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from medsam3d.models import build_model
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "medsam3d" / "weights"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a training --out folder holding model.pt and model.yaml")
+    parser.add_argument("--fp16", action="store_true", help="store weights in float16")
+    args = parser.parse_args()
+    spec = yaml.safe_load((args.run / "model.yaml").read_text())
+    name = spec.pop("model")
+    state = torch.load(args.run / "model.pt", map_location="cpu", weights_only=True)["model"]
+    build_model(name, checkpoint=state, **spec)  # strict check before shipping
+    if args.fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    WEIGHTS.mkdir(exist_ok=True)
+    target = WEIGHTS / "default.pt"
+    torch.save({"model": state}, target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    config = {k: v for k, v in spec.items() if build_model(name).config.__dict__.get(k) != v}
+    card = {"model": name, "config": config, "file": target.name, "sha256": digest,
+            "size_mb": round(target.stat().st_size / 1e6, 2), "trained_by": str(args.run / "config.yaml"),
+            "about": "medsam3d's default: see docs/MODEL_CARD.md"}
+    (WEIGHTS / "default.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps(card, indent=2))
+
+
+if __name__ == "__main__":
+    main()
