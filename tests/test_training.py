@@ -199,3 +199,17 @@ def test_cli_training_with_no_usable_data_exits_2(tmp_path, capsys):
                  "--set", f"data.roots=[{empty}]"])
     err = capsys.readouterr().err
     assert code == 2 and "imagesTr holds no" in err and "Traceback" not in err
+
+
+def test_gradient_accumulation_steps_once_per_accumulated_batch(toy, tmp_path):
+    from medsam3d.training.trainer import run_interactive
+
+    cfg = load_config(REPO / "configs/smoke/train.yaml", [
+        f"data.roots=[{toy}]", "train.steps=3", "train.grad_accum=2", "train.log_every=1",
+        "train.checkpoint_every=1",
+    ])
+    run_interactive(cfg, tmp_path / "accum")
+    state = torch.load(tmp_path / "accum" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 3
+    assert state["scheduler"]["last_epoch"] == 3  # one scheduler (and optimiser) step per 2 micro-batches
+    assert all(s["step"] == 3 for s in state["optimizer"]["state"].values())
