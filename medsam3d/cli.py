@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -19,6 +18,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import InputError
+from .io import write_text_atomic
 from .prompts import check_frame, parse_numbers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -117,12 +117,12 @@ def segment(
             err.print(f"medsam3d: job {job['input']}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
     if report:
         path = report if world == 1 else report.with_name(f"{report.stem}.rank{rank}{report.suffix}")
-        _write_json_atomic(path, {
+        write_text_atomic(path, json.dumps({
             "medsam3d": __version__, "model": getattr(segmenter.model, "name", str(model)),
             "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_sha256": segmenter.weights_sha256,
             "rank": rank, "world_size": world, "runs": runs, "failed": failed,
             "total_s": time.perf_counter() - started,
-        })
+        }, indent=2))
     if verbose:
         say(f"total {time.perf_counter() - started:.2f} s")
     if batch is not None:
@@ -271,7 +271,6 @@ def evaluate(
 ) -> None:
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.evaluate import plot as draw
-    from .evaluation.evaluate import write_json_atomic
     from .evaluation.methods import ModelMethod, RandomWalker, RegionGrowing
     from .io import check_writable
     from .segmenter import Segmenter
@@ -291,7 +290,7 @@ def evaluate(
                              label_values=[int(v) for v in labels.split(",")] if labels else None,
                              log=lambda m: err.print(m, highlight=False))
     results["checkpoint_sha256"] = segmenter.weights_sha256
-    write_json_atomic(out, results)
+    write_text_atomic(out, json.dumps(results, indent=2))
     if plot is not None:
         draw(results, plot)
     err.print(f"mean Dice {json.dumps(results['mean_dice'])} -> {out}", highlight=False)
@@ -422,16 +421,6 @@ def _device(name: str) -> str:
     if name == "mps" and not torch.backends.mps.is_available():
         raise InputError("--device mps asked for, but MPS is not available")
     return name
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"report folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -77,12 +77,10 @@ def load_manifest() -> dict[str, dict]:
 
 
 def _save_manifest(models: dict[str, dict]) -> None:
-    root = home()
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=root)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"models": models}, f, indent=2, sort_keys=True)
-    os.replace(tmp, root / "manifest.json")
+    from .io import write_text_atomic
+
+    home().mkdir(parents=True, exist_ok=True)
+    write_text_atomic(home() / "manifest.json", json.dumps({"models": models}, indent=2, sort_keys=True))
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

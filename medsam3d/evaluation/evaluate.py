@@ -107,16 +107,6 @@ def summarise(rows: list[dict], method_names: list[str], clicks: list[int], min_
     }
 
 
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def plot(results: dict, path: str | Path) -> None:
     """Dice against clicks for the model and each baseline (PNG, written atomically)."""
     try:

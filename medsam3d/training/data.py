@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io import _ijk_from_sitk_array
+from ..io import _ijk_from_sitk_array, write_text_atomic
 from ..preprocess import RAS_DIRECTION_IN_LPS
 
 CACHE_VERSION = 1  # bump when preprocessing changes: old caches are then ignored
@@ -164,7 +164,7 @@ def preprocess(roots: Sequence[str | Path], cache: str | Path, spacing: float = 
         log(f"skipped {len(skipped)} case(s): {', '.join(skipped)}")
     if not records:
         raise InputError(f"no usable image/label pair in {', '.join(map(str, roots))}: {', '.join(skipped)}")
-    _write_atomic(index, json.dumps(records, indent=1))
+    write_text_atomic(index, json.dumps(records, indent=1))
     return folder, records
 
 
@@ -189,11 +189,4 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
     os.close(fd)
     np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
     os.replace(tmp, path)
