@@ -15,23 +15,37 @@ from .clicks import boxes_of, error_clicks, first_clicks
 
 
 class InteractiveStep(nn.Module):
-    def __init__(self, model: nn.Module, clicks: int, box_prob: float = 0.0) -> None:
+    """``loss_downsample`` d > 1 computes the loss and places the simulated clicks on an (S/d)^3 grid (soft
+    targets by averaging), which is most of a CPU training step's cost at d = 1; clicks are mapped back to a
+    random voxel of their d^3 cell at full resolution."""
+
+    def __init__(self, model: nn.Module, clicks: int, box_prob: float = 0.0, loss_downsample: int = 1) -> None:
         super().__init__()
         self.model = model
         self.clicks = clicks
         self.box_prob = box_prob if getattr(model.config, "box_prompts", False) else 0.0
+        self.down = max(int(loss_downsample), 1)
         self.mask_loss = DiceCELoss(sigmoid=True)
+
+    def _to_full(self, points: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.down == 1:
+            return points
+        offset = torch.randint(0, self.down, points.shape, generator=gen).to(points)
+        return points * self.down + offset
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
         """images, targets (B, 1, S, S, S) -> mean loss over clicks, and metrics (dice after the last click)."""
         gen = torch.Generator().manual_seed(int(seed))
-        size = images.shape[-1]
+        size = images.shape[-1] // self.down
+        soft = F.avg_pool3d(targets, self.down) if self.down > 1 else targets  # (B, 1, S/d, ..)
+        hard = soft > 0.5
         embedding = self.model.encode(images)
         use_box = self.box_prob > 0 and float(torch.rand(1, generator=gen)) < self.box_prob
         boxes = boxes_of(targets, gen) if use_box else None
         points = labels = None
         if not use_box:
-            points, labels = first_clicks(targets, gen)
+            points, labels = first_clicks(hard.float(), gen)
+            points = self._to_full(points, gen)
         previous = None
         total = images.new_zeros(())
         for _ in range(self.clicks):
@@ -39,14 +53,15 @@ class InteractiveStep(nn.Module):
                                                   mask_input=previous)
             logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
             pred = (logits > 0).detach()
-            inter = (pred & (targets > 0.5)).flatten(1).sum(1).float()
-            union = (pred | (targets > 0.5)).flatten(1).sum(1).float().clamp(min=1)
-            total = total + self.mask_loss(logits, targets) + F.mse_loss(iou_pred[:, 0], inter / union)
-            new_points, new_labels = error_clicks(pred.float(), targets, gen)
+            inter = (pred & hard).flatten(1).sum(1).float()
+            union = (pred | hard).flatten(1).sum(1).float().clamp(min=1)
+            total = total + self.mask_loss(logits, soft) + F.mse_loss(iou_pred[:, 0], inter / union)
+            new_points, new_labels = error_clicks(pred.float(), hard.float(), gen)
+            new_points = self._to_full(new_points, gen)
             points = new_points if points is None else torch.cat([points, new_points], 1)
             labels = new_labels if labels is None else torch.cat([labels, new_labels], 1)
             previous = low_res.detach()
-        dice = (2 * inter / ((pred.flatten(1).sum(1) + (targets > 0.5).flatten(1).sum(1)).float().clamp(min=1)))
+        dice = (2 * inter / ((pred.flatten(1).sum(1) + hard.flatten(1).sum(1)).float().clamp(min=1)))
         # parameters this sample did not use (box embeddings without a box) still get a (zero) gradient, so DDP
         # can reduce every bucket without find_unused_parameters
         unused = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0

@@ -201,7 +201,8 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
     """Steps ``start`` .. ``steps`` of the interactive loop (shared by train/finetune and distill stage 2)."""
     t = run.cfg["train"]
     accum = max(int(t["grad_accum"]), 1)
-    step_module = run.wrap(InteractiveStep(model, int(t["clicks"]), float(t["box_prob"])))
+    step_module = run.wrap(InteractiveStep(model, int(t["clicks"]), float(t["box_prob"]),
+                                           int(t["loss_downsample"])))
     dataset = run.dataset(model.config.img_size)
     batches = run.batches(dataset, (start - offset) * accum)
     loss_value = float("nan")
