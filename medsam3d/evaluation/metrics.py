@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.metrics import compute_surface_dice
@@ -29,6 +31,8 @@ def nsd(pred: np.ndarray, target: np.ndarray, spacing, tolerance_mm: float = 2.0
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     p = torch.from_numpy(pred[box])[None, None].float()
     t = torch.from_numpy(target[box])[None, None].float()
-    value = compute_surface_dice(p, t, class_thresholds=[tolerance_mm], include_background=True,
-                                 spacing=[float(s) for s in spacing])
+    with warnings.catch_warnings():  # MONAI 1.5 warns about one of its own internal arguments on every call
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_surface_dice(p, t, class_thresholds=[tolerance_mm], include_background=True,
+                                     spacing=[float(s) for s in spacing])
     return float(value.reshape(-1)[0])
