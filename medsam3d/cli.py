@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 
 from . import __version__
 from .errors import InputError
 from .io import write_text_atomic
+from .jobs import check_job, objects_from_json, read_jobs, run_job
 from .prompts import check_frame, parse_numbers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -86,7 +86,7 @@ def segment(
     if batch is not None:
         if input or output or point or negative or box or prompts or mask or probabilities:
             raise InputError("--batch takes scans, outputs and prompts from its file; give no INPUT, -o or prompts")
-        jobs = _read_jobs(batch, frame)
+        jobs = read_jobs(batch, frame)
     else:
         if input is None or output is None:
             raise InputError("give a scan and -o OUTPUT (or --batch jobs.jsonl)")
@@ -96,7 +96,7 @@ def segment(
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = jobs[rank::world]
     if batch is None:
-        _check_job(mine[0])  # everything that can be checked before the work is checked before the work
+        check_job(mine[0])  # everything that can be checked before the work is checked before the work
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
     segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads,
@@ -107,9 +107,9 @@ def segment(
     for n, job in enumerate(mine, start=1):
         try:
             if batch is not None:
-                _check_job(job)
+                check_job(job)
                 say(f"job {n}/{len(mine)}: {job['input']}")
-            runs.append(_segment_one(segmenter, job, say))
+            runs.append(run_job(segmenter, job, say))
         except InputError as exc:
             if batch is None:
                 raise
@@ -129,92 +129,6 @@ def segment(
         say(f"rank {rank}/{world}: {len(runs)} done, {failed} failed")
         if failed:
             raise typer.Exit(2)
-
-
-def _check_job(job: dict) -> None:
-    from .io import check_writable
-
-    inp, out, prob = job["input"], job["output"], job.get("probabilities")
-    if job.get("dicom_seg"):
-        if not Path(inp).is_dir():
-            raise InputError("--output-type dicom-seg needs a DICOM folder as input (unzip a .zip first)")
-        if not str(out).lower().endswith(".dcm"):
-            raise InputError("--output-type dicom-seg writes a .dcm file: give -o NAME.dcm")
-    for target in [out] + ([prob] if prob else []):
-        if not (job.get("dicom_seg") and target == out):
-            check_writable(target)
-        elif not Path(target).parent.is_dir():
-            raise InputError(f"output folder does not exist: {Path(target).parent}")
-        if inp.exists() and target.exists() and target.resolve() == inp.resolve():
-            raise InputError(f"output {target} is the input; medsam3d never overwrites an input")
-    if prob and Path(prob).resolve() == Path(out).resolve():
-        raise InputError("--probabilities must be a different file from --output")
-    if not inp.exists():
-        raise InputError(f"input not found: {inp}")
-
-
-def _segment_one(segmenter, job: dict, say) -> dict:
-    """One scan: read, segment every object into one label map, write atomically. -> report entry."""
-    from .io import read_volume, write_volume
-    from .prompts import resolve
-
-    started = time.perf_counter()
-    volume = segmenter.set_volume(job["input"], job.get("series"))
-    prior = read_volume(job["mask"]).array if job.get("mask") else None
-    if prior is not None and prior.shape != volume.shape:
-        raise InputError(f"--mask has shape {prior.shape}, the scan {volume.shape}")
-    labels = np.zeros(volume.shape, dtype=np.uint8)
-    probs = np.zeros(volume.shape, dtype=np.float32) if job.get("probabilities") else None
-    objects = []
-    for obj in job["objects"]:
-        p = resolve(volume, obj["point"], obj["negative"], obj["box"], prior, obj["coords"])
-        for line in p.describe(volume):
-            say(f"label {obj['label']}: {line}")
-        result = segmenter.predict_prompts(p, probabilities=probs is not None)
-        labels[result.mask.array > 0] = obj["label"]
-        if probs is not None:
-            np.maximum(probs, result.probabilities.array, out=probs)
-        objects.append({"label": obj["label"], "prompts": p.describe(volume), "windows": len(result.windows),
-                        "volume_ml": result.volume_ml, "predicted_iou": result.iou, "timings_s": result.timings})
-        say(f"label {obj['label']}: {result.volume_ml:.1f} ml in {len(result.windows)} window(s)")
-    if job.get("dicom_seg"):
-        from .dicom_seg import write_dicom_seg
-        from .io import dicom_series_files
-
-        _, files = dicom_series_files(Path(job["input"]), job.get("series"))
-        write_dicom_seg(labels, files, job["output"], getattr(segmenter.model, "name", "medsam3d"))
-    else:
-        write_volume(volume.with_array(labels), job["output"])
-    if probs is not None:
-        write_volume(volume.with_array(probs), job["probabilities"])
-    say(f"wrote {job['output']}")
-    return {"input": str(job["input"]), "output": str(job["output"]), "shape": list(volume.shape),
-            "spacing": volume.spacing.tolist(), "objects": objects, "seconds": time.perf_counter() - started}
-
-
-def _read_jobs(path: Path, frame: str) -> list[dict]:
-    """--batch file: one JSON object per line with input, output and prompts (paths relative to the file)."""
-    if not path.is_file():
-        raise InputError(f"batch file not found: {path}")
-    jobs = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{path} line {n} is not JSON: {exc}") from None
-        if not isinstance(item, dict) or "input" not in item or "output" not in item:
-            raise InputError(f"{path} line {n} needs at least \"input\" and \"output\"")
-        at = lambda key: (path.parent / item[key]) if item.get(key) else None  # noqa: E731
-        item_frame = check_frame(item.get("coords", frame))
-        objects = (_objects_from_json(item["prompts"], item_frame, f"{path} line {n}") if "prompts" in item
-                   else _objects_from_json([item], item_frame, f"{path} line {n}"))
-        jobs.append({"input": at("input"), "output": at("output"), "mask": at("mask"),
-                     "probabilities": at("probabilities"), "series": item.get("series"), "objects": objects})
-    if not jobs:
-        raise InputError(f"batch file {path} holds no jobs")
-    return jobs
 
 
 def _training_command(kind: str, config: Path, out: Path, resume: bool, overrides: List[str]) -> None:
@@ -370,7 +284,7 @@ def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dic
             data = json.loads(Path(prompts_file).read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read --prompts {prompts_file}: {exc}") from None
-        return _objects_from_json(data, frame, "--prompts")
+        return objects_from_json(data, frame, "--prompts")
     return [{
         "label": 1,
         "point": [parse_numbers(p, 3, "--point") for p in point],
@@ -378,35 +292,6 @@ def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dic
         "box": parse_numbers(box, 6, "--box") if box else None,
         "coords": frame,
     }]
-
-
-def _objects_from_json(data, frame: str, where: str) -> list[dict]:
-    """[{"point": [[x, y, z], ...], "negative": [...], "box": [6 numbers], "label": n, "coords": f}, ...]"""
-    if not isinstance(data, list) or not data:
-        raise InputError(f"{where} must hold a JSON list of objects, e.g. [{{\"point\": [[x, y, z]]}}]")
-    objects = []
-    for n, item in enumerate(data, start=1):
-        if not isinstance(item, dict):
-            raise InputError(f"{where} entry {n} is not an object")
-        try:
-            label = int(item.get("label", n))
-        except (TypeError, ValueError):
-            raise InputError(f"{where} entry {n}: label must be an integer") from None
-        if not 1 <= label <= 255:
-            raise InputError(f"{where} entry {n}: label must be 1..255, got {label}")
-        objects.append({
-            "label": label,
-            "point": [_triplet(p) for p in item.get("point", [])],
-            "negative": [_triplet(p) for p in item.get("negative", [])],
-            "box": parse_numbers(",".join(map(str, item["box"])), 6, "box") if item.get("box") else None,
-            "coords": check_frame(item.get("coords", frame)),
-        })
-    return objects
-
-
-def _triplet(value) -> list[float]:
-    text = value if isinstance(value, str) else ",".join(map(str, value))
-    return parse_numbers(text, 3, "point")
 
 
 def _device(name: str) -> str:
