@@ -6,8 +6,6 @@ segment per label value, so PACS viewers and 3D Slicer show it over the original
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .io import atomic_output
 
 
 def write_dicom_seg(label_map: np.ndarray, source_files: Sequence[str], path: str | Path, model_name: str,
@@ -57,12 +56,6 @@ def write_dicom_seg(label_map: np.ndarray, source_files: Sequence[str], path: st
     except (ValueError, AttributeError) as exc:  # the source series lacks what a SEG must reference
         raise InputError(f"cannot make a DICOM SEG for this series: {exc}") from None
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".dcm", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".dcm") as tmp:
         seg.save_as(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -267,24 +267,34 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure remove it.
+
+    Every file medsam3d writes goes through here, so no reader ever sees a half-written file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     """Write atomically: to a temporary file in the same folder, then rename over ``path``."""
     path = check_writable(path)
     ext = output_extension(path)
     if ext == ".mhd":  # header + raw pair: not atomic as one rename; write a single-file .mha instead
         raise InputError("write .mha rather than .mhd (a single file can be written atomically)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{ext}", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=f".tmp{ext}") as tmp:  # the extension tells SimpleITK the format
         if ext in (".nii", ".nii.gz") and volume.nifti_header is not None:
             _write_nifti_with_header(volume, tmp)
         else:
             sitk.WriteImage(volume.to_sitk(), tmp, useCompression=ext in (".nii.gz", ".nrrd", ".mha"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -312,13 +322,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
     return path

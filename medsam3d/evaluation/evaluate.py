@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -12,7 +10,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..io import read_volume
+from ..io import atomic_output, read_volume
 from ..training.data import discover
 from .methods import Method
 from .metrics import dice, nsd
@@ -129,9 +127,6 @@ def plot(results: dict, path: str | Path) -> None:
     ax.set_title(f"{results['n_structures']} structures, {Path(results['dataset']).name}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp)
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io import _ijk_from_sitk_array, write_text_atomic
+from ..io import _ijk_from_sitk_array, atomic_output, write_text_atomic
 from ..preprocess import RAS_DIRECTION_IN_LPS
 
 CACHE_VERSION = 1  # bump when preprocessing changes: old caches are then ignored
@@ -186,7 +184,5 @@ def structures(records: list[dict], cache_folder: Path, labels: Optional[Sequenc
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_output(path, suffix=".npz") as tmp:  # np.savez appends .npz to names without it
+        np.savez(tmp, **arrays)

@@ -11,8 +11,6 @@ masks with the interactive loop, the student encoder frozen unless ``stage2_trai
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..io import atomic_output
 from . import ddp
 from .interactive import HolisticDistillationStep
 from .trainer import Run, build_from, interactive_loop, set_trainable, step_seed
@@ -90,10 +89,8 @@ class TeacherCache:
         streams = [all_streams[b].half() for b in self.blocks]
         final = final.half()
         if self.enabled:
-            fd, tmp = tempfile.mkstemp(prefix=f".{index}.", dir=self.folder)
-            os.close(fd)
-            torch.save({"streams": [s.cpu() for s in streams], "final": final.cpu()}, tmp)
-            os.replace(tmp, path)
+            with atomic_output(path) as tmp:
+                torch.save({"streams": [s.cpu() for s in streams], "final": final.cpu()}, tmp)
         return streams, final
 
 

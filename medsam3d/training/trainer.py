@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import InputError
+from ..io import atomic_output
 from ..models import build_model, config_dict
 from . import ddp
 from .data import preprocess, structures
@@ -147,11 +146,8 @@ class Run:
             return
         state = {**state, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                   "python": random.getstate()}, "config": self.cfg, "command": self.kind}
-        folder = self.out / "checkpoints"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, folder / name)
+        with atomic_output(self.out / "checkpoints" / name) as tmp:
+            torch.save(state, tmp)
 
     def restore(self, module: nn.Module, module_key: str, opt, sched, what: str) -> int:
         """Load module, optimiser, scheduler and RNG states from the checkpoint being resumed -> its step."""
@@ -168,10 +164,8 @@ class Run:
     def export(self, model: nn.Module) -> Path:
         """Final weights for ``segment``: ``model.pt`` (weights) + ``model.yaml`` (architecture)."""
         if self.main:
-            fd, tmp = tempfile.mkstemp(prefix=".model.pt.", dir=self.out)
-            os.close(fd)
-            torch.save({"model": model.state_dict()}, tmp)
-            os.replace(tmp, self.out / "model.pt")
+            with atomic_output(self.out / "model.pt") as tmp:
+                torch.save({"model": model.state_dict()}, tmp)
             (self.out / "model.yaml").write_text(yaml.safe_dump({"model": model.name, **config_dict(model.config)},
                                                                 sort_keys=False))
         return self.out / "model.pt"
