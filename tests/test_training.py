@@ -237,3 +237,20 @@ def test_interactive_step_learns_to_segment_a_sample():
         opt.step()
         dices.append(info["dice"])
     assert max(dices[-5:]) > 0.6 and dices[-1] > dices[0]
+
+
+def test_distill_resumed_between_stages_starts_stage_2_from_the_stage_1_student(toy, tmp_path):
+    from medsam3d.training.distill import run_distill
+
+    base = [f"data.roots=[{toy}]", "distill.stage1_steps=3"]
+    out = tmp_path / "distill"
+    run_distill(load_config(REPO / "configs/smoke/distill.yaml", [*base, "distill.stage2_steps=0"]), out)
+    stage1 = torch.load(out / "model.pt", weights_only=False)["model"]
+    run_distill(load_config(REPO / "configs/smoke/distill.yaml", [*base, "distill.stage2_steps=2"]), out,
+                resume=True)
+    final = torch.load(out / "model.pt", weights_only=False)["model"]
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["stage"] == 2 and state["step"] == 5
+    encoder = [k for k in stage1 if k.startswith("image_encoder.")]
+    assert all(torch.equal(stage1[k], final[k]) for k in encoder)  # frozen in stage 2, carried over from stage 1
+    assert any(not torch.equal(stage1[k], final[k]) for k in final if k.startswith("mask_decoder."))

@@ -66,7 +66,9 @@ class FastSam3DEncoder(nn.Module):
 
     def forward_blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """-> (stream after each block, neck output)."""
-        x = self.patch_embed(x) + self.pos_embed
+        return self._run_blocks(self.patch_embed(x) + self.pos_embed)
+
+    def _run_blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         streams = []
         for block in self.blocks:
             x = block(x, self.padded_reference) if isinstance(block, StudentBlock3D) else block(x)
@@ -75,8 +77,8 @@ class FastSam3DEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The reference's output list: [patch+pos, stream after every `layeroutput`-th block ..., neck]."""
-        streams, neck = self.forward_blocks(x)
         embedded = self.patch_embed(x) + self.pos_embed
+        streams, neck = self._run_blocks(embedded)
         return [embedded] + streams[self.layeroutput - 1 :: self.layeroutput] + [neck]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, S, S, S) -> (B, out_chans, S/16, ..)

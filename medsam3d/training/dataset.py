@@ -97,12 +97,15 @@ class StepBatchSampler:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         m = self.start
+        order, order_epoch = None, -1
         while self.stop is None or m < self.stop:
             first = (m * self.world + self.rank) * self.batch_size
             batch = []
             for p in range(first, first + self.batch_size):
                 epoch = p // self.n
-                batch.append((int(self._order(epoch)[p % self.n]), epoch))
+                if epoch != order_epoch:
+                    order, order_epoch = self._order(epoch), epoch
+                batch.append((int(order[p % self.n]), epoch))
             yield batch
             m += 1
 

@@ -121,10 +121,7 @@ def _holistic(run: Run, student: nn.Module, teacher: nn.Module) -> Path:
             run.save({"stage": "holistic", "step": step + 1, "rank_digests": run.check_in_sync(step_module),
                       "distiller": step_module.state_dict(), "model": student.state_dict(),
                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
-    path = run.export(student)
-    run.log(f"done: {path}")
-    ddp.barrier()
-    return path
+    return run.finish(student)
 
 
 def _same_decoder(student: nn.Module, teacher: nn.Module) -> bool:
@@ -207,10 +204,8 @@ def run_distill(cfg: dict, out: str | Path, resume: bool = False) -> Path:
             state = {}
 
         if stage2 > 0:  # ---------------------------------------------------- stage 2: masks
-            if state.get("stage") != 2:  # stage 2 starts from stage 1's student
-                last = run.out / "checkpoints" / "last.pt"
-                if last.exists():
-                    student.load_state_dict(torch.load(last, map_location=run.device, weights_only=False)["model"])
+            if state.get("stage") == 1:  # resumed after stage 1 had finished: its student is in the checkpoint
+                student.load_state_dict(state["model"])
             frozen = [] if d["stage2_train_student"] else ["image_encoder"]
             params = set_trainable(student, frozen)
             student.train()
@@ -218,10 +213,7 @@ def run_distill(cfg: dict, out: str | Path, resume: bool = False) -> Path:
             if state.get("stage") == 2:
                 run.restore(student, "model", opt, sched, "stage 2")
             interactive_loop(run, student, start, stage1 + stage2, opt, sched, {"stage": 2}, offset=stage1)
-        path = run.export(student)
-        run.log(f"done: {path}")
-        ddp.barrier()
-        return path
+        return run.finish(student)
     finally:
         ddp.cleanup()
 

@@ -161,6 +161,13 @@ class Run:
         self.log(f"resuming {what} at step {state['step']}")
         return int(state["step"])
 
+    def finish(self, model: nn.Module) -> Path:
+        """Export the final model, say where, and wait for every rank."""
+        path = self.export(model)
+        self.log(f"done: {path}")
+        ddp.barrier()
+        return path
+
     def export(self, model: nn.Module) -> Path:
         """Final weights for ``segment``: ``model.pt`` (weights) + ``model.yaml`` (architecture)."""
         if self.main:
@@ -240,9 +247,6 @@ def run_interactive(cfg: dict, out: str | Path, resume: bool = False, kind: str 
         opt, sched = run.optimiser(params, steps)
         start = run.restore(model, "model", opt, sched, kind) if run.resume_state else 0
         interactive_loop(run, model, start, steps, opt, sched, {})
-        path = run.export(model)
-        run.log(f"done: {path}")
-        ddp.barrier()
-        return path
+        return run.finish(model)
     finally:
         ddp.cleanup()
