@@ -60,6 +60,8 @@ def segment(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSON list of objects -> one label map"),
     coords: str = typer.Option("ijk", "--coords", help="frame of the coordinates: ijk (voxels), ras or lps (mm)"),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several"),
+    modality: str = typer.Option("auto", "--modality", help="intensity handling: ct (Hounsfield units), mr (any "
+                                                            "other scan), or auto (ct when the scan holds air)"),
     batch: Optional[Path] = typer.Option(None, "--batch", help="JSON-lines file of jobs (input, output, prompts); "
                                                                "under torchrun the ranks share them out"),
     model: str = typer.Option("default", "--model", help="model name, stored name or YAML config"),
@@ -83,6 +85,8 @@ def segment(
     started = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     frame = check_frame(coords)
+    if modality.lower() not in ("auto", "ct", "mr"):
+        raise InputError(f"unknown --modality {modality!r}; use auto, ct or mr")
     if batch is not None:
         if input or output or point or negative or box or prompts or mask or probabilities:
             raise InputError("--batch takes scans, outputs and prompts from its file; give no INPUT, -o or prompts")
@@ -93,6 +97,8 @@ def segment(
         jobs = [{"input": input, "output": output, "mask": mask, "probabilities": probabilities,
                  "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame),
                  "dicom_seg": output_type == "dicom-seg"}]
+    for job in jobs:
+        job.setdefault("modality", modality.lower())
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = jobs[rank::world]
     if batch is None:

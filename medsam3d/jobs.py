@@ -42,7 +42,8 @@ def check_job(job: dict) -> None:
 def run_job(segmenter, job: dict, say) -> dict:
     """One scan: read, segment every object into one label map, write atomically. -> report entry."""
     started = time.perf_counter()
-    volume = segmenter.set_volume(job["input"], job.get("series"))
+    volume = segmenter.set_volume(job["input"], job.get("series"), job.get("modality", "auto"))
+    say(f"intensity handling: {segmenter.modality.upper()}")
     prior = read_volume(job["mask"]).array if job.get("mask") else None
     if prior is not None and prior.shape != volume.shape:
         raise InputError(f"--mask has shape {prior.shape}, the scan {volume.shape}")
@@ -71,7 +72,8 @@ def run_job(segmenter, job: dict, say) -> dict:
     if probs is not None:
         write_volume(volume.with_array(probs), job["probabilities"])
     say(f"wrote {job['output']}")
-    return {"input": str(job["input"]), "output": str(job["output"]), "shape": list(volume.shape),
+    return {"input": str(job["input"]), "output": str(job["output"]), "modality": segmenter.modality,
+            "shape": list(volume.shape),
             "spacing": volume.spacing.tolist(), "objects": objects, "seconds": time.perf_counter() - started}
 
 
@@ -94,7 +96,8 @@ def read_jobs(path: Path, frame: str) -> list[dict]:
         objects = (objects_from_json(item["prompts"], item_frame, f"{path} line {n}") if "prompts" in item
                    else objects_from_json([item], item_frame, f"{path} line {n}"))
         jobs.append({"input": at("input"), "output": at("output"), "mask": at("mask"),
-                     "probabilities": at("probabilities"), "series": item.get("series"), "objects": objects})
+                     "probabilities": at("probabilities"), "series": item.get("series"), "objects": objects,
+                     **({"modality": str(item["modality"]).lower()} if item.get("modality") else {})})
     if not jobs:
         raise InputError(f"batch file {path} holds no jobs")
     return jobs

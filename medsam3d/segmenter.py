@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .io import Volume, nifti_header, read_sitk
-from .preprocess import Window, crop_window, mask_to_window, paste_back, zscore_foreground
+from .preprocess import MODALITIES, Window, crop_window, guess_modality, mask_to_window, normalise, paste_back
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
@@ -101,14 +101,20 @@ class Segmenter:
         self.volume: Optional[Volume] = None
         self._source = None  # SimpleITK image of the volume, for resampling
         self._fill = 0.0
+        self.modality = "mr"  # intensity handling of the current volume (preprocess.normalise)
         self._embeddings: dict[tuple, torch.Tensor] = {}
         self._last_logits: dict[tuple, torch.Tensor] = {}  # previous low-res logits per window (refinement)
         # called with a step's name around steps that can take seconds; returns a context manager (CLI: spinner)
         self.on_step: Callable[[str], ContextManager] = lambda name: nullcontext()
 
     # ------------------------------------------------------------------ volume
-    def set_volume(self, volume: Volume | str | Path, series_uid: Optional[str] = None) -> Volume:
-        """Load (or take) the scan; clears the embedding cache."""
+    def set_volume(self, volume: Volume | str | Path, series_uid: Optional[str] = None,
+                   modality: str = "auto") -> Volume:
+        """Load (or take) the scan; clears the embedding cache. ``modality`` "ct" or "mr" chooses the intensity
+        handling (``preprocess.normalise``); "auto" says CT when the scan holds air in Hounsfield units."""
+        modality = str(modality).lower()
+        if modality not in ("auto", *MODALITIES):
+            raise InputError(f"unknown modality {modality!r}; choose auto, {', '.join(MODALITIES)}")
         if isinstance(volume, Volume):
             self.volume = volume
             self._source = volume.to_sitk()
@@ -118,6 +124,7 @@ class Segmenter:
             self.volume = Volume.from_sitk(self._source, copy=False)  # self._source keeps the buffer alive
             self.volume.nifti_header = nifti_header(volume)
         self._fill = float(self.volume.array.min())
+        self.modality = guess_modality(self.volume.array) if modality == "auto" else modality
         self._embeddings.clear()
         self._last_logits.clear()
         return self.volume
@@ -193,7 +200,7 @@ class Segmenter:
         key = window.center_lps
         if key not in self._embeddings:
             t0 = time.perf_counter()
-            crop = zscore_foreground(crop_window(self._source, window, self._fill))
+            crop = normalise(crop_window(self._source, window, self._fill), self.modality)
             image = torch.from_numpy(crop)[None, None].to(self.device)
             with torch.inference_mode(), self.on_step("encoding the window"):
                 self._embeddings[key] = self.model.encode(image)

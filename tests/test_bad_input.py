@@ -19,7 +19,7 @@ def model():
 @pytest.fixture(scope="module")
 def emb(model):
     with torch.no_grad():
-        return model.encode(torch.randn(1, 1, 128, 128, 128))
+        return model.encode(torch.randn(1, 1, 128, 128, 128)).embedding
 
 
 @pytest.mark.parametrize(

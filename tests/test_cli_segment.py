@@ -71,6 +71,7 @@ def test_segment_writes_mask_probabilities_and_report(tmp_path, small_model, sca
     run_info = info["runs"][0]
     assert run_info["objects"][0]["windows"] >= 1 and "encode" in run_info["objects"][0]["timings_s"]
     assert run_info["shape"] == list(src.shape)
+    assert run_info["modality"] == "mr" and "intensity handling: MR" in err  # the sphere holds no air in HU
 
 
 def test_batch_jobs_are_shared_out_by_rank(tmp_path, small_model, scan, capsys, monkeypatch):
@@ -220,6 +221,7 @@ def _bad_files(tmp: Path, scan: Path) -> dict[str, Path]:
         ("malformed", "3 comma-separated numbers"),
         ("zero_box", "zero size"),
         ("frame", "unknown coordinate frame 'xyz'"),
+        ("modality", "unknown --modality 'pet'"),
         ("model", "unknown model 'nonsense'"),
         ("no_dir", "output folder does not exist"),
         ("unwritable", "not writable"),
@@ -250,6 +252,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, scan, small_model, capsys, ca
         args["point"], args["extra"] = [], ["--box", "10,10,10,10,30,30"]
     elif case == "frame":
         args["extra"] = ["--coords", "xyz"]
+    elif case == "modality":
+        args["extra"] = ["--modality", "pet"]
     elif case == "model":
         args["extra"] = ["--model", "nonsense"]
     elif case == "no_dir":

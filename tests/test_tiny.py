@@ -18,12 +18,14 @@ def tiny():
 def test_tiny_encode_decode_shapes(tiny):
     image = torch.randn(2, 1, 128, 128, 128)
     emb = tiny.encode(image)
-    assert emb.shape == (2, tiny.config.out_chans, 8, 8, 8)
+    assert emb.embedding.shape == (2, tiny.config.out_chans, 8, 8, 8)
+    # the conv stem's S/8 and S/4 maps travel with the embedding, for the decoder's skip connections
+    assert [tuple(s.shape) for s in emb.skips] == [(2, 64, 16, 16, 16), (2, 32, 32, 32, 32)]
     points = torch.tensor([[[64.0, 60, 70]], [[10.0, 20, 30]]])
     labels = torch.tensor([[1], [1]])
     low_res, iou = tiny.decode(emb, points=points, labels=labels)
     assert low_res.shape == (2, 1, 32, 32, 32) and iou.shape == (2, 1)
-    low_res, iou = tiny.decode(emb[:1], points=points, labels=labels, multimask_output=True)
+    low_res, iou = tiny.decode(emb.select(slice(0, 1)), points=points, labels=labels, multimask_output=True)
     assert low_res.shape == (2, 3, 32, 32, 32) and iou.shape == (2, 3)
 
 
@@ -43,9 +45,41 @@ def test_tiny_box_prompt_is_two_corner_tokens(tiny):
 @torch.no_grad()
 def test_tiny_encoder_handles_larger_grids(tiny):
     # the encoder itself runs on any cube of whole patches (position table resized), e.g. 256^3 -> 16^3 tokens
-    out = tiny.image_encoder(torch.randn(1, 1, 256, 256, 256))
+    out, s8, s4 = tiny.image_encoder(torch.randn(1, 1, 256, 256, 256))
     assert out.shape == (1, tiny.config.out_chans, 16, 16, 16)
+    assert s8.shape[2:] == (32, 32, 32) and s4.shape[2:] == (64, 64, 64)
     assert torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_tiny_decoder_needs_the_skips_and_sees_the_clicks_densely(tiny, monkeypatch):
+    emb = tiny.encode(torch.randn(1, 1, 128, 128, 128))
+    points, labels = torch.tensor([[[64.0, 60, 70]]]), torch.tensor([[1]])
+    with pytest.raises(ValueError, match="needs the 2 skip map"):
+        tiny.decode(emb.embedding, points=points, labels=labels)
+    # the guidance maps reach the output: blanking them (sparse tokens unchanged) changes the logits
+    with_maps, _ = tiny.decode(emb, points=points, labels=labels)
+    blank = lambda *args: torch.zeros(1, 3, 32, 32, 32)  # noqa: E731
+    monkeypatch.setattr("medsam3d.models.promptable.guidance_maps", blank)
+    without_maps, _ = tiny.decode(emb, points=points, labels=labels)
+    assert with_maps.shape == without_maps.shape == (1, 1, 32, 32, 32)
+    assert (with_maps - without_maps).abs().max() > 1e-4
+
+
+def test_guidance_maps_mark_clicks_and_previous_mask():
+    from medsam3d.models.guidance import guidance_maps
+
+    points = torch.tensor([[[0.0, 0, 0], [127.0, 127, 127], [64.0, 64, 64]]])
+    labels = torch.tensor([[1, 1, 0]])
+    previous = torch.full((1, 1, 32, 32, 32), -10.0)
+    maps = guidance_maps(points, labels, previous, 1, 128, 32, torch.device("cpu"), torch.float32)
+    assert maps.shape == (1, 3, 32, 32, 32)
+    # crop voxel 0 and 127 fall at the centre of low-res voxels 0 and 31 (4 crop voxels each, centred at +1.5)
+    assert maps[0, 0, 0, 0, 0] > 0.8 and maps[0, 0, 31, 31, 31] > 0.8 and maps[0, 0, 16, 16, 16] < 0.05
+    assert maps[0, 1, 16, 16, 16] > 0.8 and maps[0, 1, 0, 0, 0] < 1e-6
+    assert torch.allclose(maps[0, 2], torch.sigmoid(torch.tensor(-10.0)).expand(32, 32, 32))
+    empty = guidance_maps(None, None, None, 2, 128, 32, torch.device("cpu"), torch.float32)
+    assert empty.shape == (2, 3, 32, 32, 32) and empty.abs().sum() == 0
 
 
 def test_tiny_trains(tiny):

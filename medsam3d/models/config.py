@@ -80,6 +80,10 @@ class TinyConfig(PromptDecoderConfig):
     group: int = 4  # tokens per axis in a dilated sub-grid or a local window
     layernorm_eps: float = 1e-6
     out_chans: int = 128
+    # convolutional stem (U-Net encoder half): one stage per halving, S/2 .. S/8, then a 2^3 patchify to S/16.
+    # Empty: a plain 16^3 patch embedding. The S/8 and S/4 stages feed the decoder as skip connections.
+    stem_chans: tuple[int, ...] = (16, 32, 64)
+    guidance_maps: bool = True  # the decoder's last conv also sees click heatmaps and the previous mask
     # the decoder of a CPU model: narrower and shallower MLP than SAM-Med3D's
     decoder_mlp_dim: int = 512
     decoder_heads: int = 4
@@ -105,7 +109,7 @@ def make_config(name: str, overrides: dict[str, Any]):
             f"unknown config key(s) for {name}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
         )
     values = dict(overrides)
-    for key in ("global_attn_indexes", "attn_blocks"):
+    for key in ("global_attn_indexes", "attn_blocks", "stem_chans"):
         if key in values and values[key] is not None:
             values[key] = tuple(values[key])
     return cls(**values)

@@ -5,6 +5,8 @@ Key layout follows SAM-Med3D's ``mask_decoder3D.py`` so its checkpoints load as 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -86,10 +88,33 @@ class TwoWayTransformer3D(nn.Module):
         return self.norm_final_attn(queries + attn), keys
 
 
+class SkipFusion3D(nn.Module):
+    """U-Net-style additions to SAM's upscaling (medsam3d-tiny with a conv stem): after each transposed conv the
+    encoder's map at that scale is projected (1x1x1) and added; at the S/4 end one residual 3x3x3 conv sees the
+    upscaled features, optionally with the guidance maps (clicks, previous mask) concatenated."""
+
+    def __init__(self, dim: int, skip_chans: tuple[int, int], guidance: bool) -> None:
+        super().__init__()
+        c8, c4 = skip_chans
+        self.project8 = nn.Conv3d(c8, dim // 4, kernel_size=1)
+        self.project4 = nn.Conv3d(c4, dim // 8, kernel_size=1)
+        # the 3 guidance maps enter through a 1x1x1 conv to 8 channels: besides giving them some width, this keeps
+        # the 3x3x3 conv's input at >= 24 channels, where PyTorch's CPU conv takes its fast (oneDNN) path; at 19
+        # channels and batch 1 it fell back to a path 10x slower (scripts/bench_encoders.py times the decoder)
+        self.guidance_in = nn.Conv3d(3, 8, kernel_size=1) if guidance else None
+        extra = 8 if guidance else 0
+        self.refine = nn.Sequential(nn.Conv3d(dim // 8 + extra, dim // 8, kernel_size=3, padding=1), nn.GELU())
+
+
 class MaskDecoder3D(nn.Module):
     def __init__(self, dim: int, num_multimask_outputs: int, iou_head_depth: int, iou_head_hidden_dim: int,
-                 depth: int, mlp_dim: int, num_heads: int, downsample_rate: int) -> None:
+                 depth: int, mlp_dim: int, num_heads: int, downsample_rate: int,
+                 skip_chans: tuple[int, ...] = (), guidance: bool = False) -> None:
         super().__init__()
+        self.skip_chans = tuple(skip_chans)
+        if self.skip_chans and len(self.skip_chans) != 2:
+            raise ValueError(f"skip_chans must be (channels at S/8, channels at S/4), got {self.skip_chans}")
+        self.skip_fusion = SkipFusion3D(dim, self.skip_chans, guidance) if self.skip_chans else None
         self.num_mask_tokens = num_multimask_outputs + 1
         self.transformer = TwoWayTransformer3D(depth, dim, num_heads, mlp_dim, downsample_rate)
         self.iou_token = nn.Embedding(1, dim)
@@ -106,9 +131,26 @@ class MaskDecoder3D(nn.Module):
         )
         self.iou_prediction_head = MLP(dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
+    def _upscale(self, src: torch.Tensor, skips: tuple[torch.Tensor, ...],
+                 guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, C, X, Y, Z) -> (B, C/8, 4X, 4Y, 4Z): SAM's two transposed convs, plus skips where there are any."""
+        if self.skip_fusion is None:
+            return self.output_upscaling(src)
+        up = self.output_upscaling
+        fusion = self.skip_fusion
+        b = src.shape[0]
+        s8, s4 = (s.expand(b, -1, -1, -1, -1) for s in skips)
+        x = up[2](up[1](up[0](src) + fusion.project8(s8)))  # convT, + skip, LayerNorm3d, GELU
+        x = up[3](x) + fusion.project4(s4)  # convT, + skip
+        x = up[4](x)  # GELU
+        refine_in = x if guidance is None else torch.cat([x, fusion.guidance_in(guidance)], dim=1)
+        return x + fusion.refine(refine_in)
+
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z)
+                dense: torch.Tensor, multimask_output: bool, skips: tuple[torch.Tensor, ...] = (),
+                guidance: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z); skips (B|1, c8, 2X, ..) and
+        (B|1, c4, 4X, ..) for a stem encoder; guidance (B, 3, 4X, ..) or None
         -> low-res logits (B, 1|M, 4X, 4Y, 4Z) and IoU predictions (B, 1|M)."""
         b = sparse.shape[0]
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -119,7 +161,7 @@ class MaskDecoder3D(nn.Module):
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, x, y, z))
+        upscaled = self._upscale(src.transpose(1, 2).reshape(b, c, x, y, z), skips, guidance)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # (B, M+1, C/8)

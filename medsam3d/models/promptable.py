@@ -7,14 +7,29 @@ Inputs are checked here, once, so every caller (Segmenter, trainer, evaluator, b
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
 
 from ..errors import InputError
+from .guidance import guidance_maps
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
+
+
+class ImageFeatures(NamedTuple):
+    """What ``encode`` returns and ``decode`` takes: cache it to make further clicks cost only the decoder."""
+
+    embedding: torch.Tensor  # (B, C, g, g, g)
+    skips: tuple[torch.Tensor, ...] = ()  # encoders with a conv stem: (B, c8, 2g, ..) and (B, c4, 4g, ..)
+
+    def select(self, index) -> "ImageFeatures":
+        """The features of some batch entries (an index or slice along the batch axis)."""
+        return ImageFeatures(self.embedding[index], tuple(s[index] for s in self.skips))
+
+
+Features = Union[ImageFeatures, torch.Tensor]  # a bare tensor is an embedding without skips
 
 
 class PromptableModel3D(nn.Module):
@@ -29,9 +44,12 @@ class PromptableModel3D(nn.Module):
             raise ValueError(f"prompt_embed_dim ({dim}) must equal the encoder's out_chans ({config.out_chans})")
         self.prompt_encoder = PromptEncoder3D(dim, (grid,) * 3, (config.img_size,) * 3, config.mask_in_chans,
                                               config.box_prompts, config.reference_pe)
+        stem = tuple(getattr(config, "stem_chans", ()) or ())
+        self.uses_guidance = bool(stem) and bool(getattr(config, "guidance_maps", False))
         self.mask_decoder = MaskDecoder3D(dim, config.num_multimask_outputs, config.iou_head_depth,
                                           config.iou_head_hidden_dim, config.decoder_depth, config.decoder_mlp_dim,
-                                          config.decoder_heads, config.attention_downsample_rate)
+                                          config.decoder_heads, config.attention_downsample_rate,
+                                          skip_chans=stem[:0:-1], guidance=self.uses_guidance)
         # where each part's weights came from: "random" until a checkpoint fills it (see checkpoint.py)
         self.weight_sources: dict[str, str] = {p: "random" for p in ("image_encoder", "prompt_encoder", "mask_decoder")}
 
@@ -41,14 +59,17 @@ class PromptableModel3D(nn.Module):
         """True when every part was loaded from a checkpoint (a random-weight model never answers a user)."""
         return all(src != "random" for src in self.weight_sources.values())
 
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Normalised crop (B, 1, S, S, S) -> image embedding (B, C, S/16, S/16, S/16)."""
+    def encode(self, image: torch.Tensor) -> ImageFeatures:
+        """Normalised crop (B, 1, S, S, S) -> image embedding (B, C, S/16, S/16, S/16) and any skip maps."""
         self._check_image(image)
-        return self.image_encoder(image)
+        out = self.image_encoder(image)
+        if isinstance(out, torch.Tensor):
+            return ImageFeatures(out)
+        return ImageFeatures(out[0], tuple(out[1:]))
 
     def decode(
         self,
-        embedding: torch.Tensor,  # (B | 1, C, g, g, g)
+        features: Features,  # from encode (batch B or 1); a bare (B | 1, C, g, g, g) embedding for models without skips
         points: Optional[torch.Tensor] = None,  # (B, N, 3) voxel coordinates in the crop, image-tensor axis order
         labels: Optional[torch.Tensor] = None,  # (B, N): 1 positive, 0 negative
         boxes: Optional[torch.Tensor] = None,  # (B, 6): (a0, b0, c0, a1, b1, c1) corners, inclusive
@@ -56,12 +77,21 @@ class PromptableModel3D(nn.Module):
         multimask_output: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> low-res logits (B, 1 | M, 4g, 4g, 4g) and predicted IoU (B, 1 | M)."""
+        features = features if isinstance(features, ImageFeatures) else ImageFeatures(features)
+        embedding = features.embedding
         batch = self._check_prompts(embedding, points, labels, boxes, mask_input)
+        if len(features.skips) != len(self.mask_decoder.skip_chans):
+            raise InputError(f"{self.name} needs the {len(self.mask_decoder.skip_chans)} skip map(s) that encode "
+                             f"returns; got {len(features.skips)} (pass encode's output to decode unchanged)")
         if labels is not None:
             labels = labels.to(device=embedding.device, dtype=torch.long)
         sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input, batch)
         image_pe = self.prompt_encoder.get_dense_pe()
-        return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output)
+        guidance = None
+        if self.uses_guidance:
+            guidance = guidance_maps(points, labels, mask_input, batch, self.config.img_size,
+                                     4 * embedding.shape[-1], embedding.device, embedding.dtype)
+        return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, features.skips, guidance)
 
     def forward(self, image: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode(self.encode(image), **prompts)

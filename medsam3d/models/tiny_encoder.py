@@ -1,7 +1,12 @@
 """medsam3d-tiny's image encoder: FastSAM3D's idea (attention-free early blocks, sparse attention later), sized
 for a 2-core CPU.
 
-* Patch embedding 16^3 -> tokens on an (S/16)^3 grid, learned absolute position (resized for other grids).
+* A convolutional stem, the encoder half of a small 3D U-Net (``stem_chans``): S/2 by a 2^3 patchify, S/4 by a
+  strided conv, S/8 by a strided conv and a residual conv, then a 2^3 patchify to tokens on the (S/16)^3 grid.
+  Trained from scratch on a few scans, convolutions learn local intensity and edges far sooner than a 16^3 patch
+  projection, and the S/8 and S/4 maps go to the mask decoder as skip connections (sharper boundaries on its
+  S/4 output). With ``stem_chans=()`` it is a plain 16^3 patch embedding. Learned absolute position is added to
+  the tokens (resized for other grids).
 * ``conv_blocks`` attention-free blocks: a depthwise 3x3x3 convolution mixes each token with its neighbours,
   then an MLP (FastSAM3D's early blocks have no token mixing at all; a depthwise conv costs almost nothing).
 * Attention blocks alternate two kinds of 3D sparse attention (``attention.grouped_attention``):
@@ -61,12 +66,54 @@ class SparseAttentionBlock3D(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _conv_norm_act(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=(kernel - stride + 1) // 2, bias=False),
+        nn.InstanceNorm3d(c_out, affine=True),
+        nn.GELU(),
+    )
+
+
+class ResidualConv3D(nn.Module):
+    """x + act(norm(conv3(x))): one more 3x3x3 look at a stage without changing its size."""
+
+    def __init__(self, chans: int) -> None:
+        super().__init__()
+        self.body = _conv_norm_act(chans, chans, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ConvStem3D(nn.Module):
+    """(B, 1, S, S, S) -> skip maps at S/4 and S/8, and tokens (B, S/16, S/16, S/16, embed_dim)."""
+
+    def __init__(self, in_chans: int, chans: tuple[int, ...], embed_dim: int) -> None:
+        super().__init__()
+        c2, c4, c8 = chans
+        self.down2 = _conv_norm_act(in_chans, c2, 2, 2)  # patchify: the cheapest look at full resolution
+        self.down4 = _conv_norm_act(c2, c4, 3, 2)
+        self.down8 = nn.Sequential(_conv_norm_act(c4, c8, 3, 2), ResidualConv3D(c8))
+        self.to_tokens = nn.Conv3d(c8, embed_dim, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s4 = self.down4(self.down2(x))  # (B, c4, S/4, ..)
+        s8 = self.down8(s4)  # (B, c8, S/8, ..)
+        return s8, s4, self.to_tokens(s8).permute(0, 2, 3, 4, 1)
+
+
 class TinyEncoder3D(nn.Module):
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
         self.img_size = cfg.img_size
         grid = cfg.img_size // cfg.patch_size
-        self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        if cfg.stem_chans:
+            if len(cfg.stem_chans) != 3 or cfg.patch_size != 16:
+                raise ValueError(f"stem_chans must give 3 stages (S/2, S/4, S/8) with patch_size 16, got "
+                                 f"stem_chans={tuple(cfg.stem_chans)}, patch_size={cfg.patch_size}")
+            self.stem = ConvStem3D(cfg.in_chans, tuple(cfg.stem_chans), cfg.embed_dim)
+        else:
+            self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, grid, cfg.embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         blocks: list[nn.Module] = [
@@ -86,15 +133,27 @@ class TinyEncoder3D(nn.Module):
                                 align_corners=False)
         return resized.permute(0, 2, 3, 4, 1)
 
-    def forward_blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """-> (stream after each block, (B, X, Y, Z, C) each; neck output): what distillation matches."""
-        x = self.patch_embed(x)
+    def _run(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[torch.Tensor, ...]]:
+        """-> streams after each block, neck output (B, out_chans, S/16, ..), skips (S/8 map, S/4 map) or ()."""
+        if hasattr(self, "stem"):
+            s8, s4, x = self.stem(x)
+            skips: tuple[torch.Tensor, ...] = (s8, s4)
+        else:
+            x, skips = self.patch_embed(x), ()
         x = x + self._position(tuple(x.shape[1:4]))
         streams = []
         for block in self.blocks:
             x = block(x)
             streams.append(x)
-        return streams, self.neck(x.permute(0, 4, 1, 2, 3))
+        return streams, self.neck(x.permute(0, 4, 1, 2, 3)), skips
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, S, S, S) -> (B, out_chans, S/16, ..)
-        return self.forward_blocks(x)[1]
+    def forward_blocks(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """-> (stream after each block, (B, X, Y, Z, C) each; neck output): what distillation matches."""
+        streams, final, _ = self._run(x)
+        return streams, final
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, 1, S, S, S) -> (embedding (B, out_chans, S/16, ..), *skips): the skips are what the decoder's
+        upscaling path adds at S/8 and S/4 (none without a stem)."""
+        _, final, skips = self._run(x)
+        return (final, *skips)

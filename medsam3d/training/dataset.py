@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from monai import transforms as mt
 
-from ..preprocess import zscore_foreground
+from ..preprocess import modality_of, normalise
 from .data import Structure
 from .synthetic import paint
 
@@ -52,9 +52,10 @@ class CropDataset(torch.utils.data.Dataset):
             centre = centre + rng.integers(-self.crop // 4, self.crop // 4 + 1, 3)
         img = _crop(image, centre, self.crop, float(image.min()))
         lab = _crop(label, centre, self.crop, 0)
+        modality = modality_of(self.records[s.case].get("modality", "unknown"))
         if not self.fixed and rng.random() < self.synthetic_fraction:
-            img = paint(lab, rng)
-        img = zscore_foreground(img)
+            img, modality = paint(lab, rng), "mr"  # painted intensities have no absolute scale
+        img = normalise(img, modality)
         target = (lab == s.value).astype(np.float32)
         if self.augment and not self.fixed:
             state = int(rng.integers(2**31 - 1))

@@ -90,8 +90,8 @@ class HolisticDistillationStep(nn.Module):
         with torch.no_grad():
             t_emb = teacher.encode(images)
         s_emb = self.student.encode(images)
-        t_flat = t_emb.float()
-        feature = F.mse_loss(self.project(s_emb), t_flat) / t_flat.pow(2).mean().clamp(min=1e-6)
+        t_flat = t_emb.embedding.float()
+        feature = F.mse_loss(self.project(s_emb.embedding), t_flat) / t_flat.pow(2).mean().clamp(min=1e-6)
         points, labels = first_clicks(targets, gen)
         s_prev = t_prev = None
         output = truth = images.new_zeros(())
