@@ -43,15 +43,16 @@ def run_job(segmenter, job: dict, say) -> dict:
     """One scan: read, segment every object into one label map, write atomically. -> report entry."""
     started = time.perf_counter()
     volume = segmenter.set_volume(job["input"], job.get("series"), job.get("modality", "auto"))
-    say(f"intensity handling: {segmenter.modality.upper()}")
     prior = read_volume(job["mask"]).array if job.get("mask") else None
     if prior is not None and prior.shape != volume.shape:
         raise InputError(f"--mask has shape {prior.shape}, the scan {volume.shape}")
+    # every object's prompts are checked before anything is printed or computed
+    resolved = [resolve(volume, o["point"], o["negative"], o["box"], prior, o["coords"]) for o in job["objects"]]
+    say(f"intensity handling: {segmenter.modality.upper()}")
     labels = np.zeros(volume.shape, dtype=np.uint8)
     probs = np.zeros(volume.shape, dtype=np.float32) if job.get("probabilities") else None
     objects = []
-    for obj in job["objects"]:
-        p = resolve(volume, obj["point"], obj["negative"], obj["box"], prior, obj["coords"])
+    for obj, p in zip(job["objects"], resolved):
         for line in p.describe(volume):
             say(f"label {obj['label']}: {line}")
         result = segmenter.predict_prompts(p, probabilities=probs is not None)
