@@ -100,3 +100,48 @@ def test_tiny_trains(tiny):
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert all(p.grad is not None for p in model.image_encoder.parameters())
+
+
+def test_similarity_maps_find_what_looks_like_the_clicked_voxel():
+    from medsam3d.models.guidance import similarity_maps
+
+    # two "tissues" on an 8^3 feature grid: x < 4 has features (1, 0), x >= 4 has (0, 1)
+    features = torch.zeros(1, 2, 8, 8, 8)
+    features[:, 0, :4] = 1.0
+    features[:, 1, 4:] = 1.0
+    # crop 16^3 -> grid 8^3: crop voxel 2 is grid voxel 1 (tissue A), crop voxel 13 is grid voxel 6 (tissue B)
+    points, labels = torch.tensor([[[2.0, 5, 5], [13.0, 5, 5]]]), torch.tensor([[1, 0]])
+    maps = similarity_maps(features, points, labels, 1, 16)
+    assert maps.shape == (1, 2, 8, 8, 8)
+    assert torch.allclose(maps[0, 0, :4], torch.ones(4, 8, 8)) and torch.allclose(maps[0, 0, 4:], torch.zeros(4, 8, 8))
+    assert torch.allclose(maps[0, 1, 4:], torch.ones(4, 8, 8)) and torch.allclose(maps[0, 1, :4], torch.zeros(4, 8, 8))
+    # no negative click: its map is all zeros; a batch of 2 shares one feature map (batch 1 expands)
+    maps = similarity_maps(features, points[:, :1].expand(2, -1, -1), labels[:, :1].expand(2, -1), 2, 16)
+    assert maps.shape == (2, 2, 8, 8, 8) and maps[:, 1].abs().sum() == 0
+
+
+def test_widening_the_guidance_path_keeps_what_the_model_computes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from medsam3d.models.mask_decoder import GUIDANCE_CHANNELS
+
+    torch.manual_seed(0)
+    model = build_model("medsam3d-tiny", embed_dim=48, num_heads=2, out_chans=48)
+    key = "mask_decoder.skip_fusion.guidance_in.weight"
+    state = model.state_dict()
+    state[key][:, 3:] = 0.0  # a model whose similarity channels do nothing: what a 3-channel model computes
+    model.load_state_dict(state)
+    old = {**state, key: state[key][:, :3].clone()}  # the same weights as a 3-channel checkpoint
+    torch.save({"model": old}, tmp_path / "old.pt")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "widen_guidance.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "old.pt"), str(tmp_path / "new.pt")], check=True)
+    widened = build_model("medsam3d-tiny", embed_dim=48, num_heads=2, out_chans=48, checkpoint=tmp_path / "new.pt")
+    assert widened.state_dict()[key].shape[1] == GUIDANCE_CHANNELS
+    image = torch.randn(1, 1, 128, 128, 128)
+    prompts = dict(points=torch.tensor([[[64.0, 60, 70]]]), labels=torch.tensor([[1]]))
+    with torch.no_grad():
+        expected, _ = model(image, **prompts)
+        got, _ = widened(image, **prompts)
+    assert torch.allclose(expected, got, atol=1e-6)

@@ -40,3 +40,33 @@ def guidance_maps(
     if mask_input is not None:
         out[:, 2] = torch.sigmoid(mask_input[:, 0].to(dtype))
     return out
+
+
+def similarity_maps(
+    features: torch.Tensor,  # (B | 1, C, L, L, L) image features on the low-res grid (the stem's S/4 skip)
+    points: Optional[torch.Tensor],  # (B, N, 3) crop voxel coordinates
+    labels: Optional[torch.Tensor],  # (B, N)
+    batch: int,
+    crop_size: int,
+) -> torch.Tensor:
+    """-> (B, 2, L, L, L): for every voxel, the highest cosine similarity of its features to the features under a
+    positive click, and the same for negative clicks (0 where there is no click of that sign).
+
+    This is the cue region growing and the random walker live on (voxels that look like the clicked one), handed
+    to the decoder explicitly: training then shapes the stem's features so that "looks alike" means "same
+    structure", instead of the decoder having to discover that from the sparse tokens alone."""
+    low_res = features.shape[-1]
+    out = features.new_zeros(batch, 2, low_res, low_res, low_res)
+    if points is None or points.shape[1] == 0:
+        return out
+    unit = torch.nn.functional.normalize(features.float(), dim=1).expand(batch, -1, -1, -1, -1)  # (B, C, L, L, L)
+    index = ((points.to(features.device) + 0.5) * low_res / crop_size).long().clamp(0, low_res - 1)  # (B, N, 3)
+    b = torch.arange(batch, device=features.device)[:, None].expand_as(index[..., 0])
+    at_clicks = unit[b, :, index[..., 0], index[..., 1], index[..., 2]]  # (B, N, C)
+    sims = torch.einsum("bnc,bcxyz->bnxyz", at_clicks, unit)  # (B, N, L, L, L)
+    labels = labels.to(features.device)
+    for channel, value in ((0, 1), (1, 0)):
+        chosen = (labels == value)[..., None, None, None]
+        masked = torch.where(chosen, sims, torch.full_like(sims, -1.0)).amax(1)
+        out[:, channel] = torch.where(chosen.any(1), masked, torch.zeros_like(masked)).to(out.dtype)
+    return out

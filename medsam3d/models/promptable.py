@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .guidance import guidance_maps
+from .guidance import guidance_maps, similarity_maps
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
 
@@ -89,8 +89,11 @@ class PromptableModel3D(nn.Module):
         image_pe = self.prompt_encoder.get_dense_pe()
         guidance = None
         if self.uses_guidance:
-            guidance = guidance_maps(points, labels, mask_input, batch, self.config.img_size,
-                                     4 * embedding.shape[-1], embedding.device, embedding.dtype)
+            guidance = torch.cat([
+                guidance_maps(points, labels, mask_input, batch, self.config.img_size, 4 * embedding.shape[-1],
+                              embedding.device, embedding.dtype),
+                similarity_maps(features.skips[-1], points, labels, batch, self.config.img_size),
+            ], dim=1)  # (B, 5, 4g, 4g, 4g)
         return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, features.skips, guidance)
 
     def forward(self, image: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
