@@ -41,6 +41,7 @@ def ct_like(shape=(512, 512, 300)) -> sitk.Image:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="default (packaged), a stored name, or an architecture")
+    parser.add_argument("--checkpoint", type=Path, help="trained weights for --model ARCH_OR_YAML")
     parser.add_argument("--random", action="store_true", help="random weights for --model ARCH (plumbing only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -56,8 +57,10 @@ def main() -> None:
         scan = tmp / "ct.nii.gz"
         sitk.WriteImage(ct_like(), str(scan), useCompression=True)
         model_args: list[str] = ["--model", args.model]
-        ckpt = None
-        if args.random:
+        ckpt = args.checkpoint
+        if ckpt is not None:
+            model_args += ["--checkpoint", str(ckpt)]
+        elif args.random:
             ckpt = tmp / "weights.pth"
             torch.save(build_model(args.model).state_dict(), ckpt)
             model_args += ["--checkpoint", str(ckpt), "--max-windows", "1"]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from medsam3d import store
 from medsam3d.cli import main
@@ -14,6 +15,11 @@ from medsam3d.io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 README_POINT = "91,52,18"  # the README's first command clicks here (ijk voxel of data/example_ct_sm.nii.gz)
+
+# Until a trained default meets issue 5's bar these tests have nothing to check; the day default.json lands they
+# run, and a default that cannot segment the README's liver fails them.
+pytestmark = pytest.mark.skipif(not (store.PACKAGED / "default.json").is_file(),
+                                reason="no trained default model ships yet (issue 5)")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
