@@ -37,9 +37,9 @@ class PromptableModel(Protocol):
 
     config: Any  # .img_size, .box_prompts
 
-    def encode(self, image: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, image: torch.Tensor) -> Any: ...  # ImageFeatures (cached per window, passed back as is)
 
-    def decode(self, embedding: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def decode(self, features: Any, **prompts) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -101,7 +101,7 @@ class Segmenter:
         self._source = None  # SimpleITK image of the volume, for resampling
         self._fill = 0.0
         self.modality = "mr"  # intensity handling of the current volume (preprocess.normalise)
-        self._embeddings: dict[tuple, torch.Tensor] = {}
+        self._embeddings: dict[tuple, Any] = {}  # window centre -> encode's output
         self._last_logits: dict[tuple, torch.Tensor] = {}  # previous low-res logits per window (refinement)
         # called with a step's name around steps that can take seconds; returns a context manager (CLI: spinner)
         self.on_step: Callable[[str], ContextManager] = lambda name: nullcontext()
@@ -195,7 +195,7 @@ class Segmenter:
         snapped = np.round(center / spacing) * spacing
         return Window(tuple(float(c) for c in snapped), self.size, spacing)
 
-    def _embedding(self, window: Window, timings: dict) -> torch.Tensor:
+    def _embedding(self, window: Window, timings: dict) -> Any:
         key = window.center_lps
         if key not in self._embeddings:
             t0 = time.perf_counter()
