@@ -19,6 +19,7 @@ from . import __version__
 from .errors import InputError
 from .io import write_text_atomic
 from .jobs import check_job, objects_from_json, read_jobs, run_job
+from .preprocess import check_modality
 from .prompts import check_frame, parse_numbers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -85,8 +86,7 @@ def segment(
     started = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     frame = check_frame(coords)
-    if modality.lower() not in ("auto", "ct", "mr"):
-        raise InputError(f"unknown --modality {modality!r}; use auto, ct or mr")
+    modality = check_modality(modality, "--modality")
     if batch is not None:
         if input or output or point or negative or box or prompts or mask or probabilities:
             raise InputError("--batch takes scans, outputs and prompts from its file; give no INPUT, -o or prompts")
@@ -98,7 +98,7 @@ def segment(
                  "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame),
                  "dicom_seg": output_type == "dicom-seg"}]
     for job in jobs:
-        job.setdefault("modality", modality.lower())
+        job.setdefault("modality", modality)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = jobs[rank::world]
     if batch is None:

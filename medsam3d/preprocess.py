@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputError
 from .io import Volume, _ijk_from_sitk_array, _sitk_array_from_ijk
 
 RAS_DIRECTION_IN_LPS = np.diag([-1.0, -1.0, 1.0])  # columns: R, A, S expressed in LPS
@@ -73,6 +74,14 @@ Modality = str  # "ct" or "mr" (every non-CT modality: MR, synthetic, PET, ... h
 MODALITIES = ("ct", "mr")
 CT_HU_RANGE = (-1024.0, 3071.0)  # the 12-bit Hounsfield range; padding (-2048, -3024) and metal fall outside
 MR_PERCENTILES = (0.5, 99.5)  # robust range of the foreground: a few hot voxels must not set the scale
+
+
+def check_modality(choice: str, what: str = "modality") -> str:
+    """A user's choice -> "auto", "ct" or "mr"; anything else is an InputError naming ``what`` was given."""
+    choice = str(choice).lower()
+    if choice not in ("auto", *MODALITIES):
+        raise InputError(f"unknown {what} {choice!r}; use auto, {' or '.join(MODALITIES)}")
+    return choice
 
 
 def modality_of(name: str) -> Modality:

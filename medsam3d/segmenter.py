@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .io import Volume, nifti_header, read_sitk
-from .preprocess import MODALITIES, Window, crop_window, guess_modality, mask_to_window, normalise, paste_back
+from .preprocess import Window, check_modality, crop_window, guess_modality, mask_to_window, normalise, paste_back
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
@@ -111,9 +111,7 @@ class Segmenter:
                    modality: str = "auto") -> Volume:
         """Load (or take) the scan; clears the embedding cache. ``modality`` "ct" or "mr" chooses the intensity
         handling (``preprocess.normalise``); "auto" says CT when the scan holds air in Hounsfield units."""
-        modality = str(modality).lower()
-        if modality not in ("auto", *MODALITIES):
-            raise InputError(f"unknown modality {modality!r}; choose auto, {', '.join(MODALITIES)}")
+        modality = check_modality(modality)
         if isinstance(volume, Volume):
             self.volume = volume
             self._source = volume.to_sitk()
@@ -307,7 +305,8 @@ def _shift(array: np.ndarray, offset: np.ndarray, fill: float) -> np.ndarray:
 
 def _interior_points(mask: np.ndarray, count: int) -> np.ndarray:
     """Up to ``count`` voxels deepest inside ``mask`` (farthest from its boundary)."""
-    from scipy import ndimage  # imported here: 0.4 s of start-up that a one-window job never needs
+    # imported here: about 0.4 s of start-up (python -X importtime) that a one-window job never needs
+    from scipy import ndimage
 
     if not mask.any():
         return np.zeros((0, 3))

@@ -65,6 +65,18 @@ def attention_scaling(repeats: int) -> None:
           f"window {w1 / w0:.1f}x")
 
 
+def refine_conv_channels(reps: int) -> None:
+    """Why medsam3d-tiny's decoder widens its guidance maps to 8 channels (mask_decoder.SkipFusion3D): the 3x3x3
+    conv at 32^3 and batch 1 with 16 + 3 input channels against 16 + 8, as in one click's decode."""
+    times = {}
+    for c_in in (19, 24):
+        conv = torch.nn.Conv3d(c_in, 16, kernel_size=3, padding=1)
+        x = torch.randn(1, c_in, 32, 32, 32)
+        times[c_in] = median_time(lambda: conv(x), 5 * reps, warmup=2)
+    print(f"decoder refine conv 3x3x3 at 32^3, batch 1: 19 input channels {times[19] * 1e3:6.2f} ms | "
+          f"24 input channels {times[24] * 1e3:6.2f} ms | ratio {times[19] / times[24]:.1f}x\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -94,6 +106,7 @@ def main() -> None:
             )
             print(f"{name:>14} decoder  {t_dec * 1e3:7.2f} ms per click (point + previous mask)")
 
+        refine_conv_channels(reps)
         attention_scaling(reps)
 
 

@@ -49,6 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
 
+    from medsam3d.evaluation.metrics import dice
     from medsam3d.models import build_model
     from medsam3d.segmenter import Segmenter
 
@@ -84,10 +85,9 @@ def main() -> None:
         t_click = median_time(lambda: seg.predict(points=[(180, 230, 150), (200, 240, 150)], refine=True), 5,
                               warmup=0)
         truth = sitk.GetArrayFromImage(ct_like()).transpose(2, 1, 0) == 120
-        got = first.mask.array > 0
-        dice = 2 * (got & truth).sum() / max(got.sum() + truth.sum(), 1)
+        overlap = dice(first.mask.array, truth)
 
-    weights = "random weights, one window" if args.random else f"{len(first.windows)} window(s), Dice {dice:.3f}"
+    weights = "random weights, one window" if args.random else f"{len(first.windows)} window(s), Dice {overlap:.3f}"
     print(f"volume 512x512x300 int16 (.nii.gz), model {args.model} ({weights}), "
           f"{args.threads} threads, medians of {args.repeats}")
     print(f"SimpleITK read + write          {t_io:6.2f} s")

@@ -4,9 +4,9 @@
     python scripts/probe_clicks.py MODEL.yaml CHECKPOINT.pt [--cache runs/default2/cache/<fingerprint>]
                                    [--case ts_ct] [--labels 5,1] [--clicks 5]
 
-For each label: a 128^3 crop centred on the structure (the training pipeline's preprocessed case and crop), the
-first click at its deepest point, each next click at the deepest point of the larger error (positive where
-missed, negative where extra), previous logits fed back. Prints the Dice and the marked voxels after each click,
+For each label: a 128^3 crop centred on the structure (the training pipeline's preprocessed case and crop), then
+the clicks of the evaluation protocol (``evaluation.protocol``: deepest point first, then the largest error
+region), previous logits fed back. Prints the Dice and the marked voxels after each click,
 and how well the stem features' similarity to the clicked voxel separates the structure (models with a stem).
 This is the probe behind docs/experiments/README.md ("the first click gives a blob").
 """
@@ -20,16 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
+from medsam3d.evaluation.metrics import dice
+from medsam3d.evaluation.protocol import deepest_point, next_click
 from medsam3d.models import build_model
 from medsam3d.models.guidance import similarity_maps
 from medsam3d.training.data import Structure
 from medsam3d.training.dataset import CropDataset
-
-
-def deepest(mask: np.ndarray) -> tuple[int, int, int]:
-    return tuple(int(v) for v in np.unravel_index(ndimage.distance_transform_edt(mask).argmax(), mask.shape))
 
 
 def main() -> None:
@@ -57,7 +54,8 @@ def main() -> None:
                               (tuple(where.min(0)), tuple(where.max(0))))
         item = CropDataset(records, cache, [structure], model.config.img_size, 0, fixed=True)[(0, 0)]
         target = item["target"][0].numpy() > 0.5
-        points, labels = torch.tensor([[deepest(target)]], dtype=torch.float32), torch.tensor([[1]])
+        points = torch.tensor(deepest_point(target)[None, None], dtype=torch.float32)
+        labels = torch.tensor([[1]])
         with torch.no_grad():
             features = model.encode(item["image"][None])
             line = f"label {value} ({int(target.sum())} voxels in the crop)"
@@ -71,12 +69,13 @@ def main() -> None:
             for k in range(1, args.clicks + 1):
                 low_res, _ = model.decode(features, points=points, labels=labels, mask_input=previous)
                 pred = F.interpolate(low_res, size=target.shape, mode="trilinear")[0, 0].numpy() > 0
-                dice = 2 * (pred & target).sum() / max(pred.sum() + target.sum(), 1)
-                print(f"  click {k}: Dice {dice:.3f}, {int(pred.sum())} voxels marked")
-                missed, extra = target & ~pred, pred & ~target
-                positive = missed.sum() >= extra.sum()
-                click = torch.tensor([[deepest(missed if positive else extra)]], dtype=torch.float32)
-                points, labels = torch.cat([points, click], 1), torch.cat([labels, torch.tensor([[int(positive)]])], 1)
+                print(f"  click {k}: Dice {dice(pred, target):.3f}, {int(pred.sum())} voxels marked")
+                click = next_click(pred, target)
+                if click is None:
+                    break
+                voxel, sign = click
+                points = torch.cat([points, torch.tensor(voxel[None, None], dtype=torch.float32)], 1)
+                labels = torch.cat([labels, torch.tensor([[sign]])], 1)
                 previous = low_res
 
 

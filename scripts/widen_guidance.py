@@ -16,7 +16,7 @@ import sys
 import torch
 
 from medsam3d.models.checkpoint import read_state_dict
-from medsam3d.models.mask_decoder import GUIDANCE_CHANNELS
+from medsam3d.models.guidance import GUIDANCE_CHANNELS
 
 KEY = "mask_decoder.skip_fusion.guidance_in.weight"
 

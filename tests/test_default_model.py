@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from medsam3d import store
 from medsam3d.cli import main
+from medsam3d.evaluation.metrics import dice
 from medsam3d.io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,10 +20,6 @@ README_POINT = "91,52,18"  # the README's first command clicks here (ijk voxel o
 # run, and a default that cannot segment the README's liver fails them.
 pytestmark = pytest.mark.skipif(not (store.PACKAGED / "default.json").is_file(),
                                 reason="no trained default model ships yet (issue 5)")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def test_default_model_ships_and_is_checked():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medsam3d.models import build_model
+from medsam3d.models.promptable import ImageFeatures
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_tiny_encode_decode_shapes(tiny):
     labels = torch.tensor([[1], [1]])
     low_res, iou = tiny.decode(emb, points=points, labels=labels)
     assert low_res.shape == (2, 1, 32, 32, 32) and iou.shape == (2, 1)
-    low_res, iou = tiny.decode(emb.select(slice(0, 1)), points=points, labels=labels, multimask_output=True)
+    low_res, iou = tiny.decode(ImageFeatures(emb.embedding[:1], tuple(s[:1] for s in emb.skips)), points=points, labels=labels, multimask_output=True)
     assert low_res.shape == (2, 3, 32, 32, 32) and iou.shape == (2, 3)
 
 
@@ -60,7 +61,7 @@ def test_tiny_decoder_needs_the_skips_and_sees_the_clicks_densely(tiny, monkeypa
     # the guidance maps reach the output: blanking them (sparse tokens unchanged) changes the logits
     with_maps, _ = tiny.decode(emb, points=points, labels=labels)
     blank = lambda *args: torch.zeros(1, 3, 32, 32, 32)  # noqa: E731
-    monkeypatch.setattr("medsam3d.models.promptable.guidance_maps", blank)
+    monkeypatch.setattr("medsam3d.models.guidance.guidance_maps", blank)
     without_maps, _ = tiny.decode(emb, points=points, labels=labels)
     assert with_maps.shape == without_maps.shape == (1, 1, 32, 32, 32)
     assert (with_maps - without_maps).abs().max() > 1e-4
@@ -125,7 +126,7 @@ def test_widening_the_guidance_path_keeps_what_the_model_computes(tmp_path):
     import sys
     from pathlib import Path
 
-    from medsam3d.models.mask_decoder import GUIDANCE_CHANNELS
+    from medsam3d.models.guidance import GUIDANCE_CHANNELS
 
     torch.manual_seed(0)
     model = build_model("medsam3d-tiny", embed_dim=48, num_heads=2, out_chans=48)

@@ -12,6 +12,39 @@ from typing import Optional
 import torch
 
 SIGMA_VOXELS = 1.5  # Gaussian width of a click on the low-res grid (one low-res voxel = 4 crop voxels)
+GUIDANCE_CHANNELS = 5  # what decoder_guidance returns: guidance_maps (3) + similarity_maps (2)
+
+
+def decoder_guidance(
+    features: torch.Tensor,  # (B | 1, C, L, L, L) the stem's S/4 skip
+    points: Optional[torch.Tensor],  # (B, N, 3) crop voxel coordinates
+    labels: Optional[torch.Tensor],  # (B, N)
+    mask_input: Optional[torch.Tensor],  # (B, 1, L, L, L) previous logits
+    batch: int,
+    crop_size: int,
+) -> torch.Tensor:
+    """-> (B, GUIDANCE_CHANNELS, L, L, L): everything the decoder's last conv sees besides its own features."""
+    low_res = features.shape[-1]
+    return torch.cat([
+        guidance_maps(points, labels, mask_input, batch, crop_size, low_res, features.device, features.dtype),
+        similarity_maps(features, points, labels, batch, crop_size),
+    ], dim=1)
+
+
+def _to_low_res(points: torch.Tensor, crop_size: int, low_res: int) -> torch.Tensor:
+    """Crop voxel coordinates (B, N, 3) -> continuous low-res voxel coordinates (voxel centres at integers)."""
+    return (points + 0.5) * (low_res / crop_size) - 0.5
+
+
+def _max_per_sign(maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """maps (B, N, L, L, L), one per click -> (B, 2, L, L, L): the max over positive clicks and over negative
+    clicks, 0 where a sample has no click of that sign."""
+    out = []
+    for value in (1, 0):
+        chosen = (labels.to(maps.device) == value)[..., None, None, None]  # (B, N, 1, 1, 1)
+        best = torch.where(chosen, maps, torch.full_like(maps, -torch.inf)).amax(1)
+        out.append(torch.where(chosen.any(1), best, torch.zeros_like(best)))
+    return torch.stack(out, dim=1)
 
 
 def guidance_maps(
@@ -28,15 +61,12 @@ def guidance_maps(
     1 at a click), and the previous mask as a probability (0 where there is none)."""
     out = torch.zeros(batch, 3, low_res, low_res, low_res, device=device, dtype=dtype)
     if points is not None and points.shape[1] > 0:
-        scale = low_res / crop_size
-        centres = (points.to(device=device, dtype=dtype) + 0.5) * scale - 0.5  # (B, N, 3) in low-res voxels
+        centres = _to_low_res(points.to(device=device, dtype=dtype), crop_size, low_res)  # (B, N, 3)
         axis = torch.arange(low_res, device=device, dtype=dtype)
         # separable Gaussian: exp(-|v - c|^2 / 2s^2) = product over the three axes
         g = [torch.exp(-(axis[None, None] - centres[..., a, None]) ** 2 / (2 * SIGMA_VOXELS**2)) for a in range(3)]
         blobs = g[0][..., :, None, None] * g[1][..., None, :, None] * g[2][..., None, None, :]  # (B, N, L, L, L)
-        for channel, value in ((0, 1), (1, 0)):
-            chosen = (labels.to(device) == value).to(dtype)[..., None, None, None]  # (B, N, 1, 1, 1)
-            out[:, channel] = (blobs * chosen).amax(1)
+        out[:, :2] = _max_per_sign(blobs, labels)
     if mask_input is not None:
         out[:, 2] = torch.sigmoid(mask_input[:, 0].to(dtype))
     return out
@@ -56,17 +86,12 @@ def similarity_maps(
     to the decoder explicitly: training then shapes the stem's features so that "looks alike" means "same
     structure", instead of the decoder having to discover that from the sparse tokens alone."""
     low_res = features.shape[-1]
-    out = features.new_zeros(batch, 2, low_res, low_res, low_res)
     if points is None or points.shape[1] == 0:
-        return out
+        return features.new_zeros(batch, 2, low_res, low_res, low_res)
     unit = torch.nn.functional.normalize(features.float(), dim=1).expand(batch, -1, -1, -1, -1)  # (B, C, L, L, L)
-    index = ((points.to(features.device) + 0.5) * low_res / crop_size).long().clamp(0, low_res - 1)  # (B, N, 3)
+    index = _to_low_res(points.to(features.device).float(), crop_size, low_res)
+    index = (index + 0.5).floor().long().clamp(0, low_res - 1)  # (B, N, 3) the low-res voxel holding each click
     b = torch.arange(batch, device=features.device)[:, None].expand_as(index[..., 0])
     at_clicks = unit[b, :, index[..., 0], index[..., 1], index[..., 2]]  # (B, N, C)
     sims = torch.einsum("bnc,bcxyz->bnxyz", at_clicks, unit)  # (B, N, L, L, L)
-    labels = labels.to(features.device)
-    for channel, value in ((0, 1), (1, 0)):
-        chosen = (labels == value)[..., None, None, None]
-        masked = torch.where(chosen, sims, torch.full_like(sims, -1.0)).amax(1)
-        out[:, channel] = torch.where(chosen.any(1), masked, torch.zeros_like(masked)).to(out.dtype)
-    return out
+    return _max_per_sign(sims, labels).to(features.dtype)

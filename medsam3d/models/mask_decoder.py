@@ -12,6 +12,7 @@ from torch import nn
 
 from .attention import attend
 from .common import MLP, LayerNorm3d, MLPBlock
+from .guidance import GUIDANCE_CHANNELS
 
 
 class TokenAttention(nn.Module):
@@ -88,9 +89,6 @@ class TwoWayTransformer3D(nn.Module):
         return self.norm_final_attn(queries + attn), keys
 
 
-GUIDANCE_CHANNELS = 5  # guidance.guidance_maps (3) + guidance.similarity_maps (2)
-
-
 class SkipFusion3D(nn.Module):
     """U-Net-style additions to SAM's upscaling (medsam3d-tiny with a conv stem): after each transposed conv the
     encoder's map at that scale is projected (1x1x1) and added; at the S/4 end one residual 3x3x3 conv sees the
@@ -104,7 +102,7 @@ class SkipFusion3D(nn.Module):
         # the 5 guidance maps (guidance.py: click heatmaps, previous mask, feature similarity to the clicks) enter
         # through a 1x1x1 conv to 8 channels: besides giving them some width, this keeps
         # the 3x3x3 conv's input at >= 24 channels, where PyTorch's CPU conv takes its fast (oneDNN) path; at 19
-        # channels and batch 1 it fell back to a path 10x slower (scripts/bench_encoders.py times the decoder)
+        # channels and batch 1 it falls back to a much slower path (scripts/bench_encoders.py prints both)
         self.guidance_in = nn.Conv3d(GUIDANCE_CHANNELS, 8, kernel_size=1) if guidance else None
         extra = 8 if guidance else 0
         self.refine = nn.Sequential(nn.Conv3d(dim // 8 + extra, dim // 8, kernel_size=3, padding=1), nn.GELU())
@@ -154,7 +152,7 @@ class MaskDecoder3D(nn.Module):
                 dense: torch.Tensor, multimask_output: bool, skips: tuple[torch.Tensor, ...] = (),
                 guidance: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z); skips (B|1, c8, 2X, ..) and
-        (B|1, c4, 4X, ..) for a stem encoder; guidance (B, 5, 4X, ..) or None
+        (B|1, c4, 4X, ..) for a stem encoder; guidance (B, GUIDANCE_CHANNELS, 4X, ..) or None
         -> low-res logits (B, 1|M, 4X, 4Y, 4Z) and IoU predictions (B, 1|M)."""
         b = sparse.shape[0]
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .guidance import guidance_maps, similarity_maps
+from .guidance import decoder_guidance
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
 
@@ -23,10 +23,6 @@ class ImageFeatures(NamedTuple):
 
     embedding: torch.Tensor  # (B, C, g, g, g)
     skips: tuple[torch.Tensor, ...] = ()  # encoders with a conv stem: (B, c8, 2g, ..) and (B, c4, 4g, ..)
-
-    def select(self, index) -> "ImageFeatures":
-        """The features of some batch entries (an index or slice along the batch axis)."""
-        return ImageFeatures(self.embedding[index], tuple(s[index] for s in self.skips))
 
 
 Features = Union[ImageFeatures, torch.Tensor]  # a bare tensor is an embedding without skips
@@ -45,11 +41,11 @@ class PromptableModel3D(nn.Module):
         self.prompt_encoder = PromptEncoder3D(dim, (grid,) * 3, (config.img_size,) * 3, config.mask_in_chans,
                                               config.box_prompts, config.reference_pe)
         stem = tuple(getattr(config, "stem_chans", ()) or ())
-        self.uses_guidance = bool(stem) and bool(getattr(config, "guidance_maps", False))
         self.mask_decoder = MaskDecoder3D(dim, config.num_multimask_outputs, config.iou_head_depth,
                                           config.iou_head_hidden_dim, config.decoder_depth, config.decoder_mlp_dim,
                                           config.decoder_heads, config.attention_downsample_rate,
-                                          skip_chans=stem[:0:-1], guidance=self.uses_guidance)
+                                          skip_chans=stem[:0:-1],
+                                          guidance=bool(stem) and bool(getattr(config, "guidance_maps", False)))
         # where each part's weights came from: "random" until a checkpoint fills it (see checkpoint.py)
         self.weight_sources: dict[str, str] = {p: "random" for p in ("image_encoder", "prompt_encoder", "mask_decoder")}
 
@@ -88,12 +84,9 @@ class PromptableModel3D(nn.Module):
         sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input, batch)
         image_pe = self.prompt_encoder.get_dense_pe()
         guidance = None
-        if self.uses_guidance:
-            guidance = torch.cat([
-                guidance_maps(points, labels, mask_input, batch, self.config.img_size, 4 * embedding.shape[-1],
-                              embedding.device, embedding.dtype),
-                similarity_maps(features.skips[-1], points, labels, batch, self.config.img_size),
-            ], dim=1)  # (B, 5, 4g, 4g, 4g)
+        fusion = self.mask_decoder.skip_fusion
+        if fusion is not None and fusion.guidance_in is not None:
+            guidance = decoder_guidance(features.skips[-1], points, labels, mask_input, batch, self.config.img_size)
         return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, features.skips, guidance)
 
     def forward(self, image: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
