@@ -237,12 +237,17 @@ class Segmenter:
             kwargs["mask_input"] = self._last_logits[window.center_lps]
         if not kwargs:
             raise InputError("no prompt falls inside the model window; put the prompts closer together")
+        # one click alone is ambiguous: a model trained for it offers several masks, and its IoU head picks one
+        multimask = (bool(getattr(self.model.config, "first_click_multimask", False)) and set(kwargs) == {"points", "labels"}
+                     and kwargs["points"].shape[1] == 1)
         with torch.inference_mode():
-            low_res, iou = self.model.decode(emb, **kwargs)
-        self._last_logits[window.center_lps] = low_res[:, :1]
-        logits = F.interpolate(low_res[:, :1].float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
+            low_res, iou = self.model.decode(emb, multimask_output=multimask, **kwargs)  # (1, M, g4, ..), (1, M)
+        best = int(iou[0].argmax())
+        low_res, score = low_res[:, best:best + 1], float(iou[0, best])
+        self._last_logits[window.center_lps] = low_res
+        logits = F.interpolate(low_res.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
         timings["decode"] += time.perf_counter() - t0
-        return logits[0, 0].cpu().numpy(), float(iou.reshape(-1)[0])
+        return logits[0, 0].cpu().numpy(), score
 
     def _growth(self, window: Window, logits: np.ndarray) -> list[tuple[Window, np.ndarray]]:
         """Windows to grow into: one per face where the object touches the border (and the scan continues)."""

@@ -1,10 +1,23 @@
-"""Simulated clicks for training: the first inside the target, the next ones on the larger error."""
+"""Simulated clicks for training: the first inside the target, the next ones on the larger error.
+
+Each click is either a uniformly random voxel of its region, or (with probability ``central_prob``) the click the
+evaluation protocol and most users make: the deepest point of the target, then the deepest point of the largest
+connected error region (``evaluation.protocol``). Training on both keeps the model robust to off-centre clicks
+while it sees the clicks it is evaluated with.
+"""
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
+
+from ..evaluation.protocol import deepest_point, next_click
+
+
+def _central(gen: torch.Generator, central_prob: float) -> bool:
+    return central_prob > 0 and float(torch.rand(1, generator=gen)) < central_prob
 
 
 def _random_voxel(mask: torch.Tensor, gen: torch.Generator) -> Optional[torch.Tensor]:
@@ -15,11 +28,15 @@ def _random_voxel(mask: torch.Tensor, gen: torch.Generator) -> Optional[torch.Te
     return where[torch.randint(len(where), (1,), generator=gen)][0].float()
 
 
-def first_clicks(targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def first_clicks(targets: torch.Tensor, gen: torch.Generator,
+                 central_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """targets (B, 1, X, Y, Z) -> points (B, 1, 3), labels (B, 1): one positive click inside each target."""
     points, labels = [], []
     for t in targets[:, 0] > 0.5:
-        p = _random_voxel(t, gen)
+        if _central(gen, central_prob) and bool(t.any()):
+            p = torch.from_numpy(deepest_point(t.cpu().numpy()).astype(np.float32))
+        else:
+            p = _random_voxel(t, gen)
         if p is None:  # no target in the crop: a negative click at the centre
             points.append(torch.tensor([s / 2 for s in t.shape]))
             labels.append(0)
@@ -29,13 +46,20 @@ def first_clicks(targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Ten
     return torch.stack(points)[:, None].to(targets.device), torch.tensor(labels, device=targets.device)[:, None]
 
 
-def error_clicks(pred: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def error_clicks(pred: torch.Tensor, targets: torch.Tensor, gen: torch.Generator,
+                 central_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One click per sample in its larger error: positive on missed target, negative on extra segmentation.
 
     pred, targets: (B, 1, X, Y, Z) bool/float -> points (B, 1, 3), labels (B, 1).
     """
     points, labels = [], []
     for p, t in zip(pred[:, 0] > 0.5, targets[:, 0] > 0.5):
+        if _central(gen, central_prob):
+            found = next_click(p.cpu().numpy(), t.cpu().numpy())
+            if found is not None:
+                points.append(torch.from_numpy(found[0].astype(np.float32)))
+                labels.append(int(found[1]))
+                continue
         missed, extra = t & ~p, p & ~t
         use_missed = bool(missed.sum() >= extra.sum())
         click = _random_voxel(missed if use_missed else extra, gen)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from .clicks import boxes_of, error_clicks, first_clicks
@@ -19,13 +19,25 @@ class InteractiveStep(nn.Module):
     targets by averaging), which is most of a CPU training step's cost at d = 1; clicks are mapped back to a
     random voxel of their d^3 cell at full resolution."""
 
-    def __init__(self, model: nn.Module, clicks: int, box_prob: float = 0.0, loss_downsample: int = 1) -> None:
+    def __init__(self, model: nn.Module, clicks: int, box_prob: float = 0.0, loss_downsample: int = 1,
+                 central_prob: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.clicks = clicks
         self.box_prob = box_prob if getattr(model.config, "box_prompts", False) else 0.0
         self.down = max(int(loss_downsample), 1)
-        self.mask_loss = DiceCELoss(sigmoid=True)
+        self.central_prob = central_prob
+        # SAM's answer to a single click's ambiguity (a vertebra, or the spine?): decode all M masks, put the loss on
+        # the best one only and teach the IoU head to rank them; inference keeps the highest predicted IoU
+        self.multimask_first = bool(getattr(model.config, "first_click_multimask", False))
+        self.dice = DiceLoss(sigmoid=True, reduction="none")
+
+    def _mask_losses(self, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """logits (B, M, s, s, s), soft targets (B, 1, s, s, s) -> Dice + BCE per sample and mask, (B, M)."""
+        target = soft.expand_as(logits)
+        dice = self.dice(logits, target).flatten(1)  # (B, M)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(2)
+        return dice + bce
 
     def _to_full(self, points: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.down == 1:
@@ -44,23 +56,29 @@ class InteractiveStep(nn.Module):
         boxes = boxes_of(targets, gen) if use_box else None
         points = labels = None
         if not use_box:
-            points, labels = first_clicks(hard.float(), gen)
+            points, labels = first_clicks(hard.float(), gen, self.central_prob)
             points = self._to_full(points, gen)
         previous = None
         total = images.new_zeros(())
-        for _ in range(self.clicks):
+        for click in range(self.clicks):
+            multimask = self.multimask_first and click == 0 and not use_box
             low_res, iou_pred = self.model.decode(embedding, points=points, labels=labels, boxes=boxes,
-                                                  mask_input=previous)
-            logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
-            pred = (logits > 0).detach()
-            inter = (pred & hard).flatten(1).sum(1).float()
-            union = (pred | hard).flatten(1).sum(1).float().clamp(min=1)
-            total = total + self.mask_loss(logits, soft) + F.mse_loss(iou_pred[:, 0], inter / union)
-            new_points, new_labels = error_clicks(pred.float(), hard.float(), gen)
+                                                  mask_input=previous, multimask_output=multimask)
+            logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)  # (B, M, s..)
+            masks = (logits > 0).detach()
+            inter = (masks & hard).flatten(2).sum(2).float()  # (B, M)
+            union = (masks | hard).flatten(2).sum(2).float().clamp(min=1)
+            losses = self._mask_losses(logits, soft)  # (B, M)
+            best = losses.detach().argmin(1)  # (B,): the mask the loss (and the next click) follows
+            rows = torch.arange(len(best), device=best.device)
+            total = total + losses[rows, best].mean() + F.mse_loss(iou_pred, inter / union)
+            pred = masks[rows, best][:, None]  # (B, 1, s, s, s)
+            inter = inter[rows, best]
+            new_points, new_labels = error_clicks(pred.float(), hard.float(), gen, self.central_prob)
             new_points = self._to_full(new_points, gen)
             points = new_points if points is None else torch.cat([points, new_points], 1)
             labels = new_labels if labels is None else torch.cat([labels, new_labels], 1)
-            previous = low_res.detach()
+            previous = low_res[rows, best][:, None].detach()
         dice = (2 * inter / ((pred.flatten(1).sum(1) + hard.flatten(1).sum(1)).float().clamp(min=1)))
         # parameters this sample did not use (box embeddings without a box) still get a (zero) gradient, so DDP
         # can reduce every bucket without find_unused_parameters

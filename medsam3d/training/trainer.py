@@ -27,7 +27,7 @@ from ..io import atomic_output
 from ..models import build_model, config_dict
 from . import ddp
 from .data import preprocess, structures
-from .dataset import CropDataset, StepBatchSampler
+from .dataset import CropDataset, StepBatchSampler, size_repeats
 from .interactive import InteractiveStep
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -99,8 +99,10 @@ class Run:
                            augment=not fixed, fixed=fixed)
 
     def batches(self, dataset: CropDataset, start_micro: int) -> Iterator[dict]:
+        repeats = size_repeats(np.array([s.voxels for s in dataset.structures]),
+                               float(self.cfg["data"]["size_weighting"]))
         sampler = StepBatchSampler(len(dataset), self.cfg["train"]["batch_size"], self.rank, self.world,
-                                   int(self.cfg["seed"]), start=start_micro)
+                                   int(self.cfg["seed"]), start=start_micro, repeats=repeats)
         workers = int(self.cfg["data"]["workers"])
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                              persistent_workers=workers > 0)
@@ -203,7 +205,7 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
     t = run.cfg["train"]
     accum = max(int(t["grad_accum"]), 1)
     step_module = run.wrap(InteractiveStep(model, int(t["clicks"]), float(t["box_prob"]),
-                                           int(t["loss_downsample"])))
+                                           int(t["loss_downsample"]), float(t["central_click_prob"])))
     dataset = run.dataset(model.config.img_size)
     batches = run.batches(dataset, (start - offset) * accum)
     loss_value = float("nan")

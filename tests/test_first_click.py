@@ -1,0 +1,170 @@
+"""The first click: protocol-like simulated clicks, multimask training with a supervised IoU head, the
+Segmenter's choice among the masks, and size-aware structure sampling."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medsam3d.evaluation.protocol import deepest_point, next_click
+from medsam3d.training.clicks import error_clicks, first_clicks
+from medsam3d.training.dataset import StepBatchSampler, size_repeats
+
+
+def _box_target(size: int = 32) -> torch.Tensor:
+    target = torch.zeros(1, 1, size, size, size)
+    target[..., 4:20, 6:26, 8:16] = 1
+    return target
+
+
+def test_central_clicks_are_the_protocols_clicks():
+    target = _box_target()
+    gen = torch.Generator().manual_seed(0)
+    points, labels = first_clicks(target, gen, central_prob=1.0)
+    assert labels.tolist() == [[1]]
+    assert points[0, 0].tolist() == deepest_point(target[0, 0].numpy() > 0).tolist()
+
+    pred = torch.zeros_like(target)
+    pred[..., 4:20, 6:26, 8:12] = 1  # the target's far half in z is missed
+    pred[..., 25:28, 25:28, 25:28] = 1  # and a small extra blob
+    points, labels = error_clicks(pred, target, gen, central_prob=1.0)
+    where, sign = next_click(pred[0, 0].numpy() > 0, target[0, 0].numpy() > 0)
+    assert labels.tolist() == [[sign]] == [[1]]
+    assert points[0, 0].tolist() == where.tolist()
+
+
+def test_random_clicks_still_vary_when_central_prob_is_zero():
+    target = _box_target()
+    clicks = {tuple(first_clicks(target, torch.Generator().manual_seed(s))[0][0, 0].tolist()) for s in range(8)}
+    assert len(clicks) > 4  # uniformly random voxels of the target, not one fixed point
+    for c in clicks:
+        assert target[(0, 0, *map(int, c))] == 1
+
+
+def _small_tiny(**overrides):
+    from medsam3d.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("medsam3d-tiny", img_size=64, embed_dim=48, num_heads=2, out_chans=48, decoder_mlp_dim=96,
+                       decoder_heads=2, iou_head_hidden_dim=32, mask_in_chans=8, **overrides).train()
+
+
+def _grad_norms(model) -> list[float]:
+    hyper = model.mask_decoder.output_hypernetworks_mlps
+    return [sum(float(p.grad.abs().sum()) for p in mlp.parameters() if p.grad is not None) for mlp in hyper]
+
+
+def test_multimask_first_click_trains_every_mask_token_and_the_iou_head():
+    from medsam3d.training.interactive import InteractiveStep
+
+    image = torch.randn(1, 1, 64, 64, 64)
+    target = torch.zeros(1, 1, 64, 64, 64)
+    target[..., 20:44, 18:40, 22:46] = 1
+
+    model = _small_tiny()
+    assert model.config.first_click_multimask
+    loss, _ = InteractiveStep(model, clicks=1, loss_downsample=2)(image, target, seed=0)
+    loss.backward()
+    grads = _grad_norms(model)
+    # token 0 (the single-mask output) is unused for a lone click; of tokens 1..3 only the best mask gets the mask loss
+    assert grads[0] == 0 and sum(g > 0 for g in grads[1:]) == 1
+    # ... but the IoU head learns to score all three
+    iou_rows = model.mask_decoder.iou_prediction_head.layers[-1].bias.grad
+    assert iou_rows[0] == 0 and bool((iou_rows[1:] != 0).all())
+
+    single = _small_tiny(first_click_multimask=False)
+    loss, _ = InteractiveStep(single, clicks=1, loss_downsample=2)(image, target, seed=0)
+    loss.backward()
+    grads = _grad_norms(single)
+    assert grads[0] > 0 and all(g == 0 for g in grads[1:])
+    assert bool((single.mask_decoder.iou_prediction_head.layers[-1].bias.grad[1:] == 0).all())
+
+
+def test_interactive_step_follows_the_best_mask_into_the_next_click():
+    """With two clicks the second decode gets the lowest-loss mask of the first as its mask prompt."""
+    from medsam3d.training.interactive import InteractiveStep
+
+    model = _small_tiny()
+    seen = []
+    decode = model.decode
+
+    def spy(*args, **kwargs):
+        low_res, iou = decode(*args, **kwargs)
+        seen.append((kwargs.get("mask_input"), low_res.detach()))
+        return low_res, iou
+
+    model.decode = spy
+    image = torch.randn(1, 1, 64, 64, 64)
+    target = torch.zeros(1, 1, 64, 64, 64)
+    target[..., 10:30, 10:30, 10:30] = 1
+    step = InteractiveStep(model, clicks=2, loss_downsample=2)
+    step(image, target, seed=3)
+    first_masks = seen[0][1]  # (1, 3, 16, 16, 16)
+    soft = F.avg_pool3d(target, 2)
+    logits = F.interpolate(first_masks, size=(32,) * 3, mode="trilinear", align_corners=False)
+    best = int(step._mask_losses(logits, soft).argmin(1))
+    assert first_masks.shape[1] == 3
+    assert torch.equal(seen[1][0], first_masks[:, best:best + 1])
+
+
+class _ThreeMaskModel:
+    """Decoder stand-in offering three different masks with IoU scores 0.2, 0.9, 0.5 for a lone click."""
+
+    name = "three-masks"
+    is_trained = True
+
+    def __init__(self) -> None:
+        self.config = SimpleNamespace(img_size=64, box_prompts=False, first_click_multimask=True)
+        self.multimask_calls: list[bool] = []
+
+    def encode(self, image):
+        return image
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask_output=False):
+        self.multimask_calls.append(multimask_output)
+        low = torch.full((1, 3, 16, 16, 16), -10.0)
+        low[0, 0, 6:10, 6:10, 6:10] = 10  # small
+        low[0, 1, 4:12, 4:12, 4:12] = 10  # medium: the highest IoU score
+        low[0, 2, 2:14, 2:14, 2:14] = 10  # large
+        iou = torch.tensor([[0.2, 0.9, 0.5]])
+        if not multimask_output:
+            return low[:, :1], iou[:, :1]
+        return low, iou
+
+
+def test_segmenter_keeps_the_mask_with_the_highest_predicted_iou_for_a_lone_click():
+    from medsam3d.io import Volume
+    from medsam3d.segmenter import Segmenter
+
+    image = np.random.default_rng(0).uniform(10, 100, (64, 64, 64)).astype(np.float32)
+    volume = Volume(image, (1.5, 1.5, 1.5), (0, 0, 0), np.eye(3))
+    model = _ThreeMaskModel()
+    seg = Segmenter(model=model)
+    seg.set_volume(volume, modality="mr")
+    result = seg.predict(points=[[32, 32, 32]], labels=[1])
+    assert model.multimask_calls == [True]
+    assert result.iou == pytest.approx([0.9])
+    # the medium cube: 8 low-res voxels = 32 full voxels a side, 1.5 mm voxels on both grids
+    assert abs(int(result.mask.array.sum()) - 32**3) < 0.1 * 32**3
+    seg.predict(points=[[32, 32, 32], [40, 40, 40]], labels=[1, 0], refine=True)
+    assert model.multimask_calls[-1] is False  # more than one click: no ambiguity left to resolve
+
+
+def test_size_repeats_favour_large_structures_within_a_cap():
+    voxels = np.array([100, 1_000, 10_000, 100_000, 1_000_000])
+    assert size_repeats(voxels, 0.0).tolist() == [1, 1, 1, 1, 1]
+    assert size_repeats(voxels, 0.5).tolist() == [1, 1, 1, 3, 4]
+
+
+def test_sampler_with_repeats_draws_each_structure_that_often_per_epoch():
+    repeats = np.array([1, 3, 2])
+    sampler = StepBatchSampler(3, batch_size=2, rank=0, world=1, seed=0, repeats=repeats)
+    epoch = [key for batch, _ in zip(sampler, range(3)) for key in batch]  # 6 samples = one epoch
+    assert sorted(i for i, _ in epoch) == [0, 1, 1, 1, 2, 2]
+    assert all(draw == 0 for _, draw in epoch)
+    resumed = StepBatchSampler(3, batch_size=2, rank=0, world=1, seed=0, repeats=repeats, start=1)
+    assert next(iter(resumed)) == epoch[2:4]
