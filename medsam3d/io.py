@@ -94,6 +94,13 @@ def _sitk_array_from_ijk(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 1, 0))
 
 
+def zeros_ijk(shape: tuple[int, int, int], dtype) -> np.ndarray:
+    """Zeros [i, j, k] in the memory layout volumes are read in (Fortran order, i.e. SimpleITK's C-ordered
+    [k, j, i]): pasting read-in pieces stays sequential, and writing (SimpleITK or NIfTI, both i-fastest) needs no
+    transposing copy. On a 512x512x300 mask that is about 0.3 s of `segment`'s time."""
+    return np.zeros(shape, dtype=dtype, order="F")
+
+
 # ---------------------------------------------------------------------------------------------- reading
 def read_volume(path: str | os.PathLike, series_uid: Optional[str] = None) -> Volume:
     """Read a 3D scalar image: NIfTI, NRRD, MHA/MHD, or a DICOM series (folder or .zip)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import check_writable, read_volume, write_volume
+from .io import check_writable, read_volume, write_volume, zeros_ijk
 from .prompts import check_frame, parse_numbers, resolve
 
 
@@ -49,14 +49,14 @@ def run_job(segmenter, job: dict, say) -> dict:
     # every object's prompts are checked before anything is printed or computed
     resolved = [resolve(volume, o["point"], o["negative"], o["box"], prior, o["coords"]) for o in job["objects"]]
     say(f"intensity handling: {segmenter.modality.upper()}")
-    labels = np.zeros(volume.shape, dtype=np.uint8)
-    probs = np.zeros(volume.shape, dtype=np.float32) if job.get("probabilities") else None
+    labels = zeros_ijk(volume.shape, np.uint8)
+    probs = zeros_ijk(volume.shape, np.float32) if job.get("probabilities") else None
     objects = []
     for obj, p in zip(job["objects"], resolved):
         for line in p.describe(volume):
             say(f"label {obj['label']}: {line}")
         result = segmenter.predict_prompts(p, probabilities=probs is not None)
-        labels[result.mask.array > 0] = obj["label"]
+        np.copyto(labels, np.uint8(obj["label"]), where=result.mask.array.view(bool))  # the mask is 0/1 uint8
         if probs is not None:
             np.maximum(probs, result.probabilities.array, out=probs)
         objects.append({"label": obj["label"], "prompts": p.describe(volume), "windows": len(result.windows),

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .io import Volume, nifti_header, read_sitk
+from .io import Volume, nifti_header, read_sitk, zeros_ijk
 from .preprocess import Window, check_modality, crop_window, guess_modality, mask_to_window, normalise, paste_back
 from .prompts import Frame, Prompts, resolve
 
@@ -281,8 +281,8 @@ class Segmenter:
 
     def _assemble(self, pieces, windows, ious, probabilities: bool, timings) -> Result:
         volume = self.volume
-        mask = np.zeros(volume.shape, dtype=np.uint8)
-        prob = np.zeros(volume.shape, dtype=np.float32) if probabilities else None
+        mask = zeros_ijk(volume.shape, np.uint8)
+        prob = zeros_ijk(volume.shape, np.float32) if probabilities else None
         for box, logits in pieces:
             if logits.size == 0:
                 continue
