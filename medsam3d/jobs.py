@@ -56,7 +56,7 @@ def run_job(segmenter, job: dict, say) -> dict:
         for line in p.describe(volume):
             say(f"label {obj['label']}: {line}")
         result = segmenter.predict_prompts(p, probabilities=probs is not None)
-        np.copyto(labels, np.uint8(obj["label"]), where=result.mask.array.view(bool))  # the mask is 0/1 uint8
+        np.copyto(labels, np.uint8(obj["label"]), where=result.mask.array.astype(bool, copy=False))
         if probs is not None:
             np.maximum(probs, result.probabilities.array, out=probs)
         objects.append({"label": obj["label"], "prompts": p.describe(volume), "windows": len(result.windows),

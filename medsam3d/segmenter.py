@@ -35,7 +35,7 @@ GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
 class PromptableModel(Protocol):
     """What the Segmenter needs of a model (``PromptableModel3D`` or a stand-in in tests)."""
 
-    config: Any  # .img_size, .box_prompts
+    config: Any  # .img_size, .box_prompts, optionally .first_click_multimask
 
     def encode(self, image: torch.Tensor) -> Any: ...  # ImageFeatures (cached per window, passed back as is)
 
@@ -238,8 +238,9 @@ class Segmenter:
         if not kwargs:
             raise InputError("no prompt falls inside the model window; put the prompts closer together")
         # one click alone is ambiguous: a model trained for it offers several masks, and its IoU head picks one
-        multimask = (bool(getattr(self.model.config, "first_click_multimask", False)) and set(kwargs) == {"points", "labels"}
-                     and kwargs["points"].shape[1] == 1)
+        lone_click = (set(kwargs) == {"points", "labels"} and len(prompts.points) == 1
+                      and bool(prompts.labels[0] == 1))
+        multimask = lone_click and bool(getattr(self.model.config, "first_click_multimask", False))
         with torch.inference_mode():
             low_res, iou = self.model.decode(emb, multimask_output=multimask, **kwargs)  # (1, M, g4, ..), (1, M)
         best = int(iou[0].argmax())

@@ -4,8 +4,9 @@
     python scripts/package_default.py runs/default [--fp16]
     python scripts/package_default.py runs/default --fp16 --to checkpoints --name medsam3d-tiny-wip
 
-Writes ``medsam3d/weights/default.pt`` (model weights only; fp16 halves the size and loads into fp32) and
-``default.json`` (architecture, config, sha256, and where it came from). The model card in docs/ is written by
+Writes ``medsam3d/weights/default.pt`` (model weights only; fp16 halves the size and loads into fp32),
+``default.json`` (architecture, non-default config, sha256, and where it came from) and ``default.yaml`` (the
+whole architecture, as ``--model`` takes it). The model card in docs/ is written by
 hand from the evaluation results.
 
 ``--to``/``--name`` write the same pair elsewhere instead: how a run that is not (yet) good enough to ship is
@@ -51,6 +52,8 @@ def main() -> None:
             "size_mb": round(target.stat().st_size / 1e6, 2), "trained_by": str(args.run / "config.yaml"),
             "about": args.about}
     (args.to / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    # the whole architecture beside it, for `segment --model NAME.yaml --checkpoint NAME.pt`
+    (args.to / f"{args.name}.yaml").write_text(yaml.safe_dump({"model": name, **spec}, sort_keys=False))
     print(json.dumps(card, indent=2))
 
 

@@ -67,7 +67,11 @@ def main() -> None:
             print(line)
             previous = None
             for k in range(1, args.clicks + 1):
-                low_res, _ = model.decode(features, points=points, labels=labels, mask_input=previous)
+                multimask = k == 1 and model.config.first_click_multimask  # as Segmenter answers a lone click
+                low_res, iou = model.decode(features, points=points, labels=labels, mask_input=previous,
+                                            multimask_output=multimask)
+                best = int(iou[0].argmax())
+                low_res = low_res[:, best:best + 1]
                 pred = F.interpolate(low_res, size=target.shape, mode="trilinear")[0, 0].numpy() > 0
                 print(f"  click {k}: Dice {dice(pred, target):.3f}, {int(pred.sum())} voxels marked")
                 click = next_click(pred, target)

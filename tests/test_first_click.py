@@ -65,8 +65,7 @@ def test_multimask_first_click_trains_every_mask_token_and_the_iou_head():
     target = torch.zeros(1, 1, 64, 64, 64)
     target[..., 20:44, 18:40, 22:46] = 1
 
-    model = _small_tiny()
-    assert model.config.first_click_multimask
+    model = _small_tiny(first_click_multimask=True)
     loss, _ = InteractiveStep(model, clicks=1, loss_downsample=2)(image, target, seed=0)
     loss.backward()
     grads = _grad_norms(model)
@@ -76,7 +75,7 @@ def test_multimask_first_click_trains_every_mask_token_and_the_iou_head():
     iou_rows = model.mask_decoder.iou_prediction_head.layers[-1].bias.grad
     assert iou_rows[0] == 0 and bool((iou_rows[1:] != 0).all())
 
-    single = _small_tiny(first_click_multimask=False)
+    single = _small_tiny()  # medsam3d-tiny's code default: one mask (token 0), as SAM-Med3D and distilled students
     loss, _ = InteractiveStep(single, clicks=1, loss_downsample=2)(image, target, seed=0)
     loss.backward()
     grads = _grad_norms(single)
@@ -88,7 +87,7 @@ def test_interactive_step_follows_the_best_mask_into_the_next_click():
     """With two clicks the second decode gets the lowest-loss mask of the first as its mask prompt."""
     from medsam3d.training.interactive import InteractiveStep
 
-    model = _small_tiny()
+    model = _small_tiny(first_click_multimask=True)
     seen = []
     decode = model.decode
 
@@ -160,11 +159,16 @@ def test_size_repeats_favour_large_structures_within_a_cap():
     assert size_repeats(voxels, 0.5).tolist() == [1, 1, 1, 3, 4]
 
 
-def test_sampler_with_repeats_draws_each_structure_that_often_per_epoch():
+def test_sampler_with_repeats_draws_each_structure_that_often_per_epoch_as_different_crops():
     repeats = np.array([1, 3, 2])
     sampler = StepBatchSampler(3, batch_size=2, rank=0, world=1, seed=0, repeats=repeats)
-    epoch = [key for batch, _ in zip(sampler, range(3)) for key in batch]  # 6 samples = one epoch
-    assert sorted(i for i, _ in epoch) == [0, 1, 1, 1, 2, 2]
-    assert all(draw == 0 for _, draw in epoch)
-    resumed = StepBatchSampler(3, batch_size=2, rank=0, world=1, seed=0, repeats=repeats, start=1)
-    assert next(iter(resumed)) == epoch[2:4]
+    keys = [key for batch, _ in zip(sampler, range(6)) for key in batch]  # 12 samples = two epochs
+    epoch0, epoch1 = keys[:6], keys[6:]
+    assert sorted(i for i, _ in epoch0) == sorted(i for i, _ in epoch1) == [0, 1, 1, 1, 2, 2]
+    assert len(set(keys)) == 12  # every (structure, draw) once: a repeated structure is a new crop each time
+    assert {d for _, d in epoch0} <= {0, 1, 2} and {d for _, d in epoch1} <= {3, 4, 5}
+    resumed = StepBatchSampler(3, batch_size=2, rank=0, world=1, seed=0, repeats=repeats, start=4)
+    assert next(iter(resumed)) == keys[8:10]
+    # without repeats, the draw is the epoch, as before size-aware sampling existed
+    plain = StepBatchSampler(3, batch_size=3, rank=0, world=1, seed=0)
+    assert [sorted(b) for b, _ in zip(plain, range(2))] == [[(0, 0), (1, 0), (2, 0)], [(0, 1), (1, 1), (2, 1)]]

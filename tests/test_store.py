@@ -209,6 +209,8 @@ def test_package_default_script_writes_checked_fp16_weights_that_load(tmp_path):
     assert card["file"] == "tiny-wip.pt" and card["sha256"] == store.sha256_of(weights)
     assert card["config"] == small
     loaded = build_model(card["model"], checkpoint=str(weights), **card["config"]).eval()
+    from_yaml = build_model(str(tmp_path / "kept" / "tiny-wip.yaml"), checkpoint=str(weights))
+    assert config_dict(from_yaml.config) == config_dict(loaded.config) == config_dict(model.config)
     assert next(loaded.parameters()).dtype == torch.float32
     image = torch.randn(1, 1, 64, 64, 64)
     points, labels = torch.tensor([[[30.0, 31.0, 32.0]]]), torch.tensor([[1]])

@@ -28,7 +28,8 @@ class PromptDecoderConfig:
     box_prompts: bool = False  # two extra corner embeddings (SAM-Med3D's checkpoints have none)
     reference_pe: bool = True  # reproduce SAM-Med3D's positional-encoding quirks (prompt_encoder.py)
     # a lone click is ambiguous (a vertebra or the spine?): decode all multimask outputs and keep the one with the
-    # highest predicted IoU. Only for models trained that way (training/interactive.py); SAM-Med3D was not.
+    # highest predicted IoU. Only for models trained that way (training/interactive.py: configs/models/
+    # medsam3d-tiny.yaml and configs/default/train.yaml turn it on); SAM-Med3D was not, nor are distilled students.
     first_click_multimask: bool = False
 
     @property
@@ -93,7 +94,6 @@ class TinyConfig(PromptDecoderConfig):
     iou_head_hidden_dim: int = 128
     box_prompts: bool = True
     reference_pe: bool = False
-    first_click_multimask: bool = True
 
 
 MODEL_CONFIGS: dict[str, type] = {

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup": 10,
         "clicks": 5,  # simulated clicks per sample: the first inside the target, the rest on errors
         "box_prob": 0.0,  # chance a sample's first prompt is a 3D box (models that take boxes)
-        "central_click_prob": 0.5,  # chance a simulated click is the protocol's deepest point, not a random voxel
+        "central_click_prob": 0.0,  # chance a simulated click is the protocol's deepest point, not a random voxel
         "loss_downsample": 1,  # >1: loss and simulated clicks on a coarser grid (much cheaper on CPU)
         "freeze": [],  # parts kept fixed: image_encoder, prompt_encoder, mask_decoder
         "checkpoint_every": 50,

@@ -83,20 +83,25 @@ class StepBatchSampler:
     """Batches of (structure index, draw) keys for this rank, from micro-step ``start`` on.
 
     Micro-step m consumes ``world * batch_size`` samples of an endless stream of epochs; epoch e is a permutation
-    seeded by (seed, e) and each sample's draw number is e, so crops differ between epochs. ``repeats[i]``
-    (default 1) is how often structure i appears in an epoch (size-aware sampling, ``size_repeats``).
+    seeded by (seed, e). ``repeats[i]`` (default 1) is how often structure i appears in an epoch (size-aware
+    sampling, ``size_repeats``); copy c of it in epoch e gets draw number e * max(repeats) + c, so every sample
+    is a different crop (without repeats the draw is simply e).
     """
 
     def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, shuffle: bool = True,
                  start: int = 0, stop: Optional[int] = None, repeats: Optional[np.ndarray] = None) -> None:
-        self.pool = np.arange(n) if repeats is None else np.repeat(np.arange(n), np.asarray(repeats, dtype=int))
+        repeats = np.ones(n, dtype=int) if repeats is None else np.asarray(repeats, dtype=int)
+        self.pool = np.repeat(np.arange(n), repeats)  # structure of each slot of an epoch
+        self.copy = np.concatenate([np.arange(r) for r in repeats]) if n else np.zeros(0, dtype=int)
+        self.copies = int(repeats.max()) if n else 1
         self.n, self.batch_size, self.rank, self.world = len(self.pool), batch_size, rank, world
         self.seed, self.shuffle, self.start, self.stop = seed, shuffle, start, stop
 
     def _order(self, epoch: int) -> np.ndarray:
+        """Slots of epoch ``epoch`` in the order they are drawn."""
         if not self.shuffle:
-            return self.pool
-        return np.random.default_rng([self.seed, 7919, epoch]).permutation(self.pool)
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, 7919, epoch]).permutation(self.n)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         m = self.start
@@ -108,7 +113,8 @@ class StepBatchSampler:
                 epoch = p // self.n
                 if epoch != order_epoch:
                     order, order_epoch = self._order(epoch), epoch
-                batch.append((int(order[p % self.n]), epoch))
+                slot = order[p % self.n]
+                batch.append((int(self.pool[slot]), epoch * self.copies + int(self.copy[slot])))
             yield batch
             m += 1
 

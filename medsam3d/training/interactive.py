@@ -46,7 +46,8 @@ class InteractiveStep(nn.Module):
         return points * self.down + offset
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
-        """images, targets (B, 1, S, S, S) -> mean loss over clicks, and metrics (dice after the last click)."""
+        """images, targets (B, 1, S, S, S) -> mean loss over clicks, and metrics (dice after the last click, of the
+        mask with the highest predicted IoU)."""
         gen = torch.Generator().manual_seed(int(seed))
         size = images.shape[-1] // self.down
         soft = F.avg_pool3d(targets, self.down) if self.down > 1 else targets  # (B, 1, S/d, ..)
@@ -73,17 +74,18 @@ class InteractiveStep(nn.Module):
             rows = torch.arange(len(best), device=best.device)
             total = total + losses[rows, best].mean() + F.mse_loss(iou_pred, inter / union)
             pred = masks[rows, best][:, None]  # (B, 1, s, s, s)
-            inter = inter[rows, best]
+            shown = iou_pred.detach().argmax(1)  # the mask inference would keep (it cannot see the target)
+            shown_dice = 2 * inter[rows, shown] / (masks[rows, shown].flatten(1).sum(1) + hard.flatten(1).sum(1)
+                                                   ).float().clamp(min=1)
             new_points, new_labels = error_clicks(pred.float(), hard.float(), gen, self.central_prob)
             new_points = self._to_full(new_points, gen)
             points = new_points if points is None else torch.cat([points, new_points], 1)
             labels = new_labels if labels is None else torch.cat([labels, new_labels], 1)
             previous = low_res[rows, best][:, None].detach()
-        dice = (2 * inter / ((pred.flatten(1).sum(1) + hard.flatten(1).sum(1)).float().clamp(min=1)))
         # parameters this sample did not use (box embeddings without a box) still get a (zero) gradient, so DDP
         # can reduce every bucket without find_unused_parameters
         unused = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-        return total / self.clicks + unused, {"dice": float(dice.mean())}
+        return total / self.clicks + unused, {"dice": float(shown_dice.mean())}
 
 
 class HolisticDistillationStep(nn.Module):
