@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""How good is the first click's mask choice? For each held-out structure, one click at its deepest point, the
+Dice of each of the 3 multimask outputs (forced), of the one the IoU head picks, and of the best (oracle).
+
+    python scripts/probe_first_click.py MODEL_YAML CHECKPOINT [--dataset data/public/Dataset201_TotalSegCT]
+        [--case ts_ct_dicom]
+
+The gap between "picked" and "oracle" is what a better-calibrated IoU head would give at 1 click.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsam3d.evaluation.metrics import dice
+from medsam3d.evaluation.protocol import deepest_point, targets_from_labels
+from medsam3d.io import read_volume
+from medsam3d.segmenter import Segmenter
+
+
+class ForcedChoice:
+    """Wraps a model so that a multimask decode reports IoU 1 for mask ``forced`` (None: the model's own)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.forced = model, None
+        self.config, self.name, self.is_trained = model.config, model.name, model.is_trained
+
+    def encode(self, image):
+        return self.model.encode(image)
+
+    def decode(self, features, multimask_output=False, **prompts):
+        low_res, iou = self.model.decode(features, multimask_output=multimask_output, **prompts)
+        if multimask_output and self.forced is not None:
+            iou = torch.zeros_like(iou)
+            iou[:, self.forced] = 1.0
+        return low_res, iou
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--dataset", type=Path, default=Path("data/public/Dataset201_TotalSegCT"))
+    parser.add_argument("--case", default="ts_ct_dicom")
+    parser.add_argument("--min-ml", type=float, default=1.0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    segmenter = Segmenter(model=args.model, checkpoint=args.checkpoint, threads=2)
+    wrapped = ForcedChoice(segmenter.model)
+    segmenter.model = wrapped
+    volume = read_volume(args.dataset / "imagesTr" / f"{args.case}_0000.nii.gz")
+    labels = read_volume(args.dataset / "labelsTr" / f"{args.case}.nii.gz").array
+    names = {int(v): k for k, v in json.loads((args.dataset / "dataset.json").read_text())["labels"].items()}
+    segmenter.set_volume(volume)
+    rows = []
+    for target in targets_from_labels(labels, volume.spacing, names, args.min_ml):
+        mask = target.mask
+        click = deepest_point(mask, volume.spacing)
+        scores = []
+        for forced in (0, 1, 2, None):
+            wrapped.forced = forced
+            segmenter.forget_previous()
+            scores.append(dice(segmenter.predict(points=[click.tolist()]).mask.array, mask))
+        rows.append((target.name, int(mask.sum()), *scores))
+        print(f"{target.name:32s} masks {scores[0]:.3f} {scores[1]:.3f} {scores[2]:.3f}  picked {scores[3]:.3f}  "
+              f"oracle {max(scores[:3]):.3f}", flush=True)
+    table = np.array([r[2:] for r in rows])
+    print(f"mean over {len(rows)}: masks {table[:, 0].mean():.3f} {table[:, 1].mean():.3f} {table[:, 2].mean():.3f}"
+          f"  picked {table[:, 3].mean():.3f}  oracle {table[:, :3].max(1).mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
