@@ -50,6 +50,7 @@ def main() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
 
     from medsam3d.evaluation.metrics import dice
+    from medsam3d.io import write_volume
     from medsam3d.models import build_model
     from medsam3d.segmenter import Segmenter
 
@@ -86,6 +87,11 @@ def main() -> None:
                               warmup=0)
         truth = sitk.GetArrayFromImage(ct_like()).transpose(2, 1, 0) == 120
         overlap = dice(first.mask.array, truth)
+        # the mask as segment writes it (the read-in layout, io.zeros_ijk) against the same mask in C order
+        in_layout = first.mask
+        c_order = in_layout.with_array(np.ascontiguousarray(in_layout.array))
+        t_write = median_time(lambda: write_volume(in_layout, tmp / "m.nii.gz"), args.repeats, warmup=1)
+        t_write_c = median_time(lambda: write_volume(c_order, tmp / "m.nii.gz"), args.repeats, warmup=1)
 
     weights = "random weights, one window" if args.random else f"{len(first.windows)} window(s), Dice {overlap:.3f}"
     print(f"volume 512x512x300 int16 (.nii.gz), model {args.model} ({weights}), "
@@ -95,6 +101,8 @@ def main() -> None:
           f"ratio {t_seg / t_io:.2f}x")
     print(f"peak RSS of a segment process   {peak_gb:6.2f} GB")
     print(f"further click, cached window    {t_click:6.3f} s (API: decode + paste-back)")
+    print(f"writing the mask (.nii.gz)      {t_write:6.3f} s   C-order array {t_write_c:.3f} s   "
+          f"ratio {t_write_c / t_write:.2f}x")
 
 
 if __name__ == "__main__":

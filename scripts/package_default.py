@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from medsam3d.models import build_model, config_dict
+from medsam3d.models.config import make_config
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "medsam3d" / "weights"
 
@@ -46,7 +47,7 @@ def main() -> None:
     target = args.to / f"{args.name}.pt"
     torch.save({"model": state}, target)
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    defaults = config_dict(build_model(name).config)  # lists, as in model.yaml
+    defaults = config_dict(make_config(name, {}))  # lists, as in model.yaml
     config = {k: v for k, v in spec.items() if defaults.get(k) != v}
     card = {"model": name, "config": config, "file": target.name, "sha256": digest,
             "size_mb": round(target.stat().st_size / 1e6, 2), "trained_by": str(args.run / "config.yaml"),

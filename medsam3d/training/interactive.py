@@ -74,9 +74,6 @@ class InteractiveStep(nn.Module):
             rows = torch.arange(len(best), device=best.device)
             total = total + losses[rows, best].mean() + F.mse_loss(iou_pred, inter / union)
             pred = masks[rows, best][:, None]  # (B, 1, s, s, s)
-            shown = iou_pred.detach().argmax(1)  # the mask inference would keep (it cannot see the target)
-            shown_dice = 2 * inter[rows, shown] / (masks[rows, shown].flatten(1).sum(1) + hard.flatten(1).sum(1)
-                                                   ).float().clamp(min=1)
             new_points, new_labels = error_clicks(pred.float(), hard.float(), gen, self.central_prob)
             new_points = self._to_full(new_points, gen)
             points = new_points if points is None else torch.cat([points, new_points], 1)
@@ -85,7 +82,10 @@ class InteractiveStep(nn.Module):
         # parameters this sample did not use (box embeddings without a box) still get a (zero) gradient, so DDP
         # can reduce every bucket without find_unused_parameters
         unused = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-        return total / self.clicks + unused, {"dice": float(shown_dice.mean())}
+        shown = iou_pred.detach().argmax(1)  # of the last click's masks, the one inference keeps (no target there)
+        sizes = masks[rows, shown].flatten(1).sum(1) + hard.flatten(1).sum(1)
+        dice = 2 * inter[rows, shown] / sizes.float().clamp(min=1)
+        return total / self.clicks + unused, {"dice": float(dice.mean())}
 
 
 class HolisticDistillationStep(nn.Module):

@@ -101,6 +101,8 @@ class Run:
     def batches(self, dataset: CropDataset, start_micro: int) -> Iterator[dict]:
         repeats = size_repeats(np.array([s.voxels for s in dataset.structures]),
                                float(self.cfg["data"]["size_weighting"]))
+        if repeats.sum() != len(repeats):
+            self.log(f"size-aware sampling: {len(repeats)} structures, {int(repeats.sum())} samples an epoch")
         sampler = StepBatchSampler(len(dataset), self.cfg["train"]["batch_size"], self.rank, self.world,
                                    int(self.cfg["seed"]), start=start_micro, repeats=repeats)
         workers = int(self.cfg["data"]["workers"])
