@@ -83,6 +83,36 @@ def test_multimask_first_click_trains_every_mask_token_and_the_iou_head():
     assert bool((single.mask_decoder.iou_prediction_head.layers[-1].bias.grad[1:] == 0).all())
 
 
+def test_rank_loss_is_zero_at_calibration_and_prefers_the_right_order():
+    from medsam3d.training.interactive import InteractiveStep
+
+    step = InteractiveStep(_small_tiny(first_click_multimask=True), clicks=1, rank_weight=1.0)
+    true = torch.tensor([[0.1, 0.3, 0.6], [0.7, 0.2, 0.4]])
+    assert float(step._rank_loss(true.clone(), true)) == pytest.approx(0.0, abs=1e-6)
+    right = torch.tensor([[0.2, 0.3, 0.4], [0.4, 0.3, 0.2]])  # right order, poorly calibrated
+    wrong = torch.tensor([[0.4, 0.3, 0.2], [0.2, 0.3, 0.4]])  # the order reversed
+    assert float(step._rank_loss(right, true)) < float(step._rank_loss(wrong, true))
+    # its gradient raises the truly best mask's score and lowers the others'
+    pred = torch.full((1, 3), 0.5, requires_grad=True)
+    step._rank_loss(pred, true[:1]).backward()
+    assert pred.grad[0, 2] < 0 and pred.grad[0, 0] > 0
+
+
+def test_rank_weight_adds_to_the_loss_only_for_the_multimask_click():
+    from medsam3d.training.interactive import InteractiveStep
+
+    image = torch.randn(1, 1, 64, 64, 64)
+    target = torch.zeros(1, 1, 64, 64, 64)
+    target[..., 20:44, 18:40, 22:46] = 1
+    model = _small_tiny(first_click_multimask=True).eval()
+    plain, info = InteractiveStep(model, clicks=2, loss_downsample=2)(image, target, seed=0)
+    ranked, info_ranked = InteractiveStep(model, clicks=2, loss_downsample=2, rank_weight=2.0)(image, target, seed=0)
+    assert float(ranked.detach()) > float(plain.detach())
+    assert info["rank_acc"] in (0.0, 1.0) and info_ranked["rank_acc"] == info["rank_acc"]
+    _, single_info = InteractiveStep(_small_tiny().eval(), clicks=1, loss_downsample=2)(image, target, seed=0)
+    assert np.isnan(single_info["rank_acc"])  # no multimask click, nothing ranked
+
+
 def test_interactive_step_follows_the_best_mask_into_the_next_click():
     """With two clicks the second decode gets the lowest-loss mask of the first as its mask prompt."""
     from medsam3d.training.interactive import InteractiveStep

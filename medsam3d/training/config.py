@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "clicks": 5,  # simulated clicks per sample: the first inside the target, the rest on errors
         "box_prob": 0.0,  # chance a sample's first prompt is a 3D box (models that take boxes)
         "central_click_prob": 0.0,  # chance a simulated click is the protocol's deepest point, not a random voxel
+        "iou_rank_weight": 0.0,  # >0: listwise ranking loss on the IoU head's multimask scores (first click)
         "loss_downsample": 1,  # >1: loss and simulated clicks on a coarser grid (much cheaper on CPU)
         "freeze": [],  # parts kept fixed: image_encoder, prompt_encoder, mask_decoder
         "checkpoint_every": 50,

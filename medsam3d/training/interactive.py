@@ -20,7 +20,7 @@ class InteractiveStep(nn.Module):
     random voxel of their d^3 cell at full resolution."""
 
     def __init__(self, model: nn.Module, clicks: int, box_prob: float = 0.0, loss_downsample: int = 1,
-                 central_prob: float = 0.0) -> None:
+                 central_prob: float = 0.0, rank_weight: float = 0.0, rank_temperature: float = 0.05) -> None:
         super().__init__()
         self.model = model
         self.clicks = clicks
@@ -30,7 +30,20 @@ class InteractiveStep(nn.Module):
         # SAM's answer to a single click's ambiguity (a vertebra, or the spine?): decode all M masks, put the loss on
         # the best one only and teach the IoU head to rank them; inference keeps the highest predicted IoU
         self.multimask_first = bool(getattr(model.config, "first_click_multimask", False))
+        # the IoU head's MSE alone learned a prior ("mask 1 is best") instead of a ranking; a listwise term
+        # (ListNet: cross-entropy between the softmaxes of predicted and true IoUs over the M masks) pushes the
+        # order, and its minimum is still exact calibration (predicted = true), so the two terms agree
+        self.rank_weight = float(rank_weight)
+        self.rank_temperature = float(rank_temperature)
         self.dice = DiceLoss(sigmoid=True, reduction="none")
+
+    def _rank_loss(self, iou_pred: torch.Tensor, iou_true: torch.Tensor) -> torch.Tensor:
+        """iou_pred, iou_true (B, M) -> listwise ranking loss (scalar), zero at iou_pred == iou_true."""
+        t = self.rank_temperature
+        target = torch.softmax(iou_true / t, dim=1)
+        loss = -(target * torch.log_softmax(iou_pred / t, dim=1)).sum(1)
+        entropy = -(target * torch.log(target.clamp(min=1e-12))).sum(1)
+        return (loss - entropy).mean()  # KL(target || predicted)
 
     def _mask_losses(self, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         """logits (B, M, s, s, s), soft targets (B, 1, s, s, s) -> Dice + BCE per sample and mask, (B, M)."""
@@ -46,8 +59,9 @@ class InteractiveStep(nn.Module):
         return points * self.down + offset
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
-        """images, targets (B, 1, S, S, S) -> mean loss over clicks, and metrics (dice after the last click, of the
-        mask with the highest predicted IoU)."""
+        """images, targets (B, 1, S, S, S) -> mean loss over clicks, and metrics: dice after the last click (of the
+        mask with the highest predicted IoU) and rank_acc, the share of multimask first clicks where the IoU head
+        picked the truly best mask (nan without multimask)."""
         gen = torch.Generator().manual_seed(int(seed))
         size = images.shape[-1] // self.down
         soft = F.avg_pool3d(targets, self.down) if self.down > 1 else targets  # (B, 1, S/d, ..)
@@ -61,6 +75,7 @@ class InteractiveStep(nn.Module):
             points = self._to_full(points, gen)
         previous = None
         total = images.new_zeros(())
+        ranked = images.new_full((), float("nan"))
         for click in range(self.clicks):
             multimask = self.multimask_first and click == 0 and not use_box
             low_res, iou_pred = self.model.decode(embedding, points=points, labels=labels, boxes=boxes,
@@ -72,7 +87,12 @@ class InteractiveStep(nn.Module):
             losses = self._mask_losses(logits, soft)  # (B, M)
             best = losses.detach().argmin(1)  # (B,): the mask the loss (and the next click) follows
             rows = torch.arange(len(best), device=best.device)
-            total = total + losses[rows, best].mean() + F.mse_loss(iou_pred, inter / union)
+            iou_true = inter / union  # (B, M)
+            total = total + losses[rows, best].mean() + F.mse_loss(iou_pred, iou_true)
+            if logits.shape[1] > 1:
+                ranked = (iou_pred.detach().argmax(1) == iou_true.argmax(1)).float().mean()
+                if self.rank_weight > 0:
+                    total = total + self.rank_weight * self._rank_loss(iou_pred, iou_true)
             pred = masks[rows, best][:, None]  # (B, 1, s, s, s)
             new_points, new_labels = error_clicks(pred.float(), hard.float(), gen, self.central_prob)
             new_points = self._to_full(new_points, gen)
@@ -85,7 +105,7 @@ class InteractiveStep(nn.Module):
         shown = iou_pred.detach().argmax(1)  # of the last click's masks, the one inference keeps (no target there)
         sizes = masks[rows, shown].flatten(1).sum(1) + hard.flatten(1).sum(1)
         dice = 2 * inter[rows, shown] / sizes.float().clamp(min=1)
-        return total / self.clicks + unused, {"dice": float(dice.mean())}
+        return total / self.clicks + unused, {"dice": float(dice.mean()), "rank_acc": float(ranked)}
 
 
 class HolisticDistillationStep(nn.Module):

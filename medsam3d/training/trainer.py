@@ -207,13 +207,14 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
     t = run.cfg["train"]
     accum = max(int(t["grad_accum"]), 1)
     step_module = run.wrap(InteractiveStep(model, int(t["clicks"]), float(t["box_prob"]),
-                                           int(t["loss_downsample"]), float(t["central_click_prob"])))
+                                           int(t["loss_downsample"]), float(t["central_click_prob"]),
+                                           float(t["iou_rank_weight"])))
     dataset = run.dataset(model.config.img_size)
     batches = run.batches(dataset, (start - offset) * accum)
     loss_value = float("nan")
     for step in range(start, steps):
         t0 = time.perf_counter()
-        losses, dices = [], []
+        losses, dices, ranked = [], [], []
         for micro in range(accum):
             batch = next(batches)
             sync = step_module.no_sync() if (run.world > 1 and micro < accum - 1) else nullcontext()
@@ -223,15 +224,25 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
             (loss / accum).backward()
             losses.append(float(loss.detach()))
             dices.append(info["dice"])
+            ranked.append(info["rank_acc"])
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         loss_value = ddp.mean_across_ranks(float(np.mean(losses)), run.device)
         dice = ddp.mean_across_ranks(float(np.mean(dices)), run.device)
+        # micro-batches without a multimask click (a box prompt) report nan: average the others, over all ranks
+        scored = np.isfinite(ranked)
+        rank_hits = ddp.mean_across_ranks(float(np.sum(np.asarray(ranked)[scored])), run.device)
+        rank_count = ddp.mean_across_ranks(float(scored.sum()), run.device)
+        rank_acc = rank_hits / rank_count if rank_count > 0 else float("nan")
         if (step + 1) % int(t["log_every"]) == 0 or step == start:
-            run.metrics(step + 1, {"loss": loss_value, "dice": dice, "lr": sched.get_last_lr()[0],
-                                   "seconds": time.perf_counter() - t0})
-            run.log(f"step {step + 1}/{steps} loss {loss_value:.4f} dice {dice:.3f}")
+            values = {"loss": loss_value, "dice": dice, "lr": sched.get_last_lr()[0],
+                      "seconds": time.perf_counter() - t0}
+            if np.isfinite(rank_acc):
+                values["rank_acc"] = rank_acc
+            run.metrics(step + 1, values)
+            run.log(f"step {step + 1}/{steps} loss {loss_value:.4f} dice {dice:.3f}"
+                    + (f" rank_acc {rank_acc:.2f}" if np.isfinite(rank_acc) else ""))
         if (step + 1) % int(t["checkpoint_every"]) == 0 or step + 1 == steps:
             run.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "step": step + 1, "rank_digests": run.check_in_sync(model), **state_extra})
