@@ -155,7 +155,8 @@ def _check_nifti_file(path: Path) -> None:
     except Exception as exc:
         raise InputError(f"cannot read {path}: {_first_line(exc)}") from None
     header = image.header
-    expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    # the offset nibabel reads the data from: ITK writes vox_offset 0 in single-file NIfTI, which means 352
+    expected = int(image.dataobj.offset) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if path.name.lower().endswith(".gz"):
         with open(path, "rb") as f:  # gzip's trailer holds the uncompressed size (mod 2^32)
             f.seek(-4, os.SEEK_END)

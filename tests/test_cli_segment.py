@@ -3,6 +3,7 @@ nothing written, input untouched."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -313,3 +314,19 @@ def test_dicom_input_to_dicom_seg_output(tmp_path, small_model, capsys):
         np.testing.assert_array_equal(frame.T > 0, expected[:, :, z] > 0)
     code, err = run([*base, "-o", tmp_path / "mask2.nii.gz", "--output-type", "dicom-seg"], capsys)
     assert code == 2 and ".dcm" in err
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_itk_written_nifti_cut_short_is_caught(tmp_path, suffix):
+    """ITK writes vox_offset 0 (meaning 352) and reads missing data as zeros: the size check must use the real
+    offset, so that even the last 100 voxels missing is an error, while the intact file passes the quick check."""
+    array = np.arange(20 * 24 * 28, dtype=np.int16).reshape(28, 24, 20)
+    whole = tmp_path / f"whole{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(whole))
+    np.testing.assert_array_equal(read_volume(whole).array, array.transpose(2, 1, 0))
+    raw = gzip.decompress(whole.read_bytes()) if suffix == ".nii.gz" else whole.read_bytes()
+    cut = raw[:-200]  # the last 100 int16 voxels
+    short = tmp_path / f"short{suffix}"
+    short.write_bytes(gzip.compress(cut) if suffix == ".nii.gz" else cut)
+    with pytest.raises(ValueError, match="truncated"):
+        read_volume(short)
