@@ -202,3 +202,22 @@ def test_sampler_with_repeats_draws_each_structure_that_often_per_epoch_as_diffe
     # without repeats, the draw is the epoch, as before size-aware sampling existed
     plain = StepBatchSampler(3, batch_size=3, rank=0, world=1, seed=0)
     assert [sorted(b) for b, _ in zip(plain, range(2))] == [[(0, 0), (1, 0), (2, 0)], [(0, 1), (1, 1), (2, 1)]]
+
+
+def test_reinitialise_gives_only_the_named_part_fresh_weights():
+    from medsam3d.errors import InputError
+    from medsam3d.training.trainer import reinitialise
+
+    model = _small_tiny(first_click_multimask=True)
+    head = model.mask_decoder.iou_prediction_head
+    for p in head.parameters():  # a collapsed head: every unit dead, a constant output
+        p.data.fill_(-1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reinitialise(model, ["mask_decoder.iou_prediction_head"])
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if k.startswith("mask_decoder.iou_prediction_head.")}
+    hidden = F.relu(head.layers[0](torch.randn(64, head.layers[0].in_features)))
+    assert int((hidden > 0).any(0).sum()) > head.layers[0].out_features // 2  # units alive again
+    with pytest.raises(InputError, match="no submodule 'mask_decoder.nonsense'"):
+        reinitialise(model, ["mask_decoder.nonsense"])

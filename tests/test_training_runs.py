@@ -66,9 +66,11 @@ def test_torchrun_finetune_two_ranks_stay_identical(toy, tmp_path):
     out = tmp_path / "finetune"
     result = torchrun(["finetune", "--config", "configs/smoke/finetune.yaml", "--out", out,
                        "--set", f"data.roots=[{toy}]", "--set", f"model.checkpoint={start / 'model.pt'}",
-                       "--set", "train.steps=4", "--set", "train.checkpoint_every=1"])
+                       "--set", "train.steps=4", "--set", "train.checkpoint_every=1",
+                       "--set", "train.reinit=[mask_decoder.iou_prediction_head]"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = last_checkpoint(out)
+    # ranks stay identical, fresh IoU head included (DDP broadcasts rank 0's weights when it wraps the model)
     assert state["step"] == 4 and len(state["rank_digests"]) == 2 and len(set(state["rank_digests"])) == 1
     # the frozen encoder did not move; the decoder did
     before = torch.load(start / "model.pt", weights_only=False)["model"]

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "central_click_prob": 0.0,  # chance a simulated click is the protocol's deepest point, not a random voxel
         "iou_rank_weight": 0.0,  # >0: listwise ranking loss on the IoU head's multimask scores (first click)
         "loss_downsample": 1,  # >1: loss and simulated clicks on a coarser grid (much cheaper on CPU)
+        "reinit": [],  # submodules given fresh weights before training (dotted names; finetune repairs)
         "freeze": [],  # parts kept fixed: image_encoder, prompt_encoder, mask_decoder
         "checkpoint_every": 50,
         "log_every": 10,

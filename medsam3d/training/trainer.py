@@ -187,6 +187,23 @@ def build_from(spec: dict, device: torch.device):
     return build_model(spec["name"], checkpoint=spec.get("checkpoint"), device=device, **(spec.get("config") or {}))
 
 
+def reinitialise(model: nn.Module, names: list[str]) -> None:
+    """Give the named submodules (dotted paths, e.g. ``mask_decoder.iou_prediction_head``) fresh weights.
+
+    For a part a run has broken beyond what gradients can repair: the IoU head of the multimask run ended with 3
+    of 128 ReLU units ever active and an input-independent output, so no loss could teach it to rank masks."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise InputError(f"train.reinit: {model.name} has no submodule {name!r}") from None
+        resettable = [m for m in module.modules() if hasattr(m, "reset_parameters")]
+        if not resettable:
+            raise InputError(f"train.reinit: {name!r} has no parameters to reset")
+        for m in resettable:
+            m.reset_parameters()
+
+
 def set_trainable(model: nn.Module, frozen: list[str]) -> list[nn.Parameter]:
     unknown = set(frozen) - set(PARTS)
     if unknown:
@@ -212,6 +229,7 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
     dataset = run.dataset(model.config.img_size)
     batches = run.batches(dataset, (start - offset) * accum)
     loss_value = float("nan")
+    rank_hits = rank_count = 0.0  # first-click ranking accuracy, summed since the last log line
     for step in range(start, steps):
         t0 = time.perf_counter()
         losses, dices, ranked = [], [], []
@@ -232,10 +250,11 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
         dice = ddp.mean_across_ranks(float(np.mean(dices)), run.device)
         # micro-batches without a multimask click (a box prompt) report nan: average the others, over all ranks
         scored = np.isfinite(ranked)
-        rank_hits = ddp.mean_across_ranks(float(np.sum(np.asarray(ranked)[scored])), run.device)
-        rank_count = ddp.mean_across_ranks(float(scored.sum()), run.device)
-        rank_acc = rank_hits / rank_count if rank_count > 0 else float("nan")
+        rank_hits += ddp.mean_across_ranks(float(np.sum(np.asarray(ranked)[scored])), run.device)
+        rank_count += ddp.mean_across_ranks(float(scored.sum()), run.device)
         if (step + 1) % int(t["log_every"]) == 0 or step == start:
+            rank_acc = rank_hits / rank_count if rank_count > 0 else float("nan")
+            rank_hits = rank_count = 0.0
             values = {"loss": loss_value, "dice": dice, "lr": sched.get_last_lr()[0],
                       "seconds": time.perf_counter() - t0}
             if np.isfinite(rank_acc):
@@ -257,6 +276,7 @@ def run_interactive(cfg: dict, out: str | Path, resume: bool = False, kind: str 
     try:
         model = build_from(cfg["model"], run.device)
         model.train()
+        reinitialise(model, list(cfg["train"]["reinit"]))  # before restore: a resumed run gets its own weights back
         params = set_trainable(model, list(cfg["train"]["freeze"]))
         steps = int(cfg["train"]["steps"])
         opt, sched = run.optimiser(params, steps)
