@@ -5,7 +5,9 @@ Dice of each of the 3 multimask outputs (forced), of the one the IoU head picks,
     python scripts/probe_first_click.py MODEL_YAML CHECKPOINT [--dataset data/public/Dataset201_TotalSegCT]
         [--case ts_ct_dicom]
 
-The gap between "picked" and "oracle" is what a better-calibrated IoU head would give at 1 click.
+The gap between "picked" and "oracle" is what a better-calibrated IoU head would give at 1 click. The last line
+gives the spread of the IoU head's scores across structures: near zero means a collapsed head that scores every
+input alike (what `train.reinit` repairs).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ForcedChoice:
 
     def __init__(self, model) -> None:
         self.model, self.forced = model, None
+        self.scores: list[np.ndarray] = []  # the model's own IoU scores of each multimask decode, (M,)
         self.config, self.name, self.is_trained = model.config, model.name, model.is_trained
 
     def encode(self, image):
@@ -35,6 +38,8 @@ class ForcedChoice:
 
     def decode(self, features, multimask_output=False, **prompts):
         low_res, iou = self.model.decode(features, multimask_output=multimask_output, **prompts)
+        if multimask_output:
+            self.scores.append(iou[0].float().cpu().numpy())
         if multimask_output and self.forced is not None:
             iou = torch.zeros_like(iou)
             iou[:, self.forced] = 1.0
@@ -72,6 +77,9 @@ def main() -> None:
     table = np.array([r[2:] for r in rows])
     print(f"mean over {len(rows)}: masks {table[:, 0].mean():.3f} {table[:, 1].mean():.3f} {table[:, 2].mean():.3f}"
           f"  picked {table[:, 3].mean():.3f}  oracle {table[:, :3].max(1).mean():.3f}")
+    scores = np.array(wrapped.scores)
+    print("IoU head scores across structures, mean (std) per mask: "
+          + "  ".join(f"{m:.3f} ({s:.3f})" for m, s in zip(scores.mean(0), scores.std(0))))
 
 
 if __name__ == "__main__":

@@ -221,3 +221,30 @@ def test_reinitialise_gives_only_the_named_part_fresh_weights():
     assert int((hidden > 0).any(0).sum()) > head.layers[0].out_features // 2  # units alive again
     with pytest.raises(InputError, match="no submodule 'mask_decoder.nonsense'"):
         reinitialise(model, ["mask_decoder.nonsense"])
+
+
+@pytest.mark.parametrize("from_mask_tokens", [False, True])
+def test_iou_head_reads_the_iou_token_or_each_masks_own_token(from_mask_tokens):
+    model = _small_tiny(first_click_multimask=True, iou_from_mask_tokens=from_mask_tokens).eval()
+    # same weights and shapes either way: a checkpoint of one loads into the other
+    plain = _small_tiny(first_click_multimask=True)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    transformer = model.mask_decoder.transformer
+    run = transformer.forward
+    scramble = {"on": False}
+
+    def forward(*args):
+        hs, src = run(*args)
+        if scramble["on"]:  # replace the IoU token's output with noise
+            hs = torch.cat([torch.randn_like(hs[:, :1]) * 10, hs[:, 1:]], 1)
+        return hs, src
+
+    transformer.forward = forward
+    with torch.no_grad():
+        emb = model.encode(torch.randn(1, 1, 64, 64, 64))
+        prompt = {"points": torch.tensor([[[30.0, 31.0, 29.0]]]), "labels": torch.ones(1, 1, dtype=torch.long)}
+        masks, iou = model.decode(emb, multimask_output=True, **prompt)
+        scramble["on"] = True
+        masks_scrambled, iou_scrambled = model.decode(emb, multimask_output=True, **prompt)
+    assert torch.equal(masks, masks_scrambled)  # the masks never read the IoU token's output
+    assert torch.allclose(iou, iou_scrambled) == from_mask_tokens

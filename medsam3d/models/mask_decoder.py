@@ -111,8 +111,10 @@ class SkipFusion3D(nn.Module):
 class MaskDecoder3D(nn.Module):
     def __init__(self, dim: int, num_multimask_outputs: int, iou_head_depth: int, iou_head_hidden_dim: int,
                  depth: int, mlp_dim: int, num_heads: int, downsample_rate: int,
-                 skip_chans: tuple[int, ...] = (), guidance: bool = False) -> None:
+                 skip_chans: tuple[int, ...] = (), guidance: bool = False,
+                 iou_from_mask_tokens: bool = False) -> None:
         super().__init__()
+        self.iou_from_mask_tokens = iou_from_mask_tokens
         self.skip_chans = tuple(skip_chans)
         if self.skip_chans and len(self.skip_chans) != 2:
             raise ValueError(f"skip_chans must be (channels at S/8, channels at S/4), got {self.skip_chans}")
@@ -169,6 +171,9 @@ class MaskDecoder3D(nn.Module):
         )  # (B, M+1, C/8)
         _, cu, ux, uy, uz = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, cu, ux * uy * uz)).view(b, -1, ux, uy, uz)
-        iou_pred = self.iou_prediction_head(iou_token_out)
+        if self.iou_from_mask_tokens:  # score m from mask token m: the diagonal of (B, M+1 tokens, M+1 outputs)
+            iou_pred = self.iou_prediction_head(mask_tokens_out).diagonal(dim1=1, dim2=2)
+        else:
+            iou_pred = self.iou_prediction_head(iou_token_out)  # (B, M+1)
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
