@@ -223,12 +223,13 @@ def test_reinitialise_gives_only_the_named_part_fresh_weights():
         reinitialise(model, ["mask_decoder.nonsense"])
 
 
-@pytest.mark.parametrize("from_mask_tokens", [False, True])
-def test_iou_head_reads_the_iou_token_or_each_masks_own_token(from_mask_tokens):
-    model = _small_tiny(first_click_multimask=True, iou_from_mask_tokens=from_mask_tokens).eval()
-    # same weights and shapes either way: a checkpoint of one loads into the other
-    plain = _small_tiny(first_click_multimask=True)
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+@pytest.mark.parametrize("mask_head", [False, True])
+def test_masks_are_scored_from_the_iou_token_or_from_what_they_cover(mask_head):
+    model = _small_tiny(first_click_multimask=True, mask_iou_head=mask_head).eval()
+    keys = set(model.state_dict())
+    sam_keys = set(_small_tiny(first_click_multimask=True).state_dict())
+    assert keys - sam_keys == ({k for k in keys if k.startswith("mask_decoder.mask_iou_head.")} if mask_head else set())
+    assert sam_keys <= keys  # a checkpoint without the mask head loads with train.reinit naming it
     transformer = model.mask_decoder.transformer
     run = transformer.forward
     scramble = {"on": False}
@@ -247,4 +248,25 @@ def test_iou_head_reads_the_iou_token_or_each_masks_own_token(from_mask_tokens):
         scramble["on"] = True
         masks_scrambled, iou_scrambled = model.decode(emb, multimask_output=True, **prompt)
     assert torch.equal(masks, masks_scrambled)  # the masks never read the IoU token's output
-    assert torch.allclose(iou, iou_scrambled) == from_mask_tokens
+    assert torch.allclose(iou, iou_scrambled) == mask_head
+    if mask_head:  # the score follows the mask: an empty mask and a full one score differently
+        upscaled = torch.randn(1, 6, 16, 16, 16)
+        extremes = torch.stack([torch.full((16, 16, 16), -20.0), torch.full((16, 16, 16), 20.0)])[None]
+        scores = model.mask_decoder._score_masks(extremes, upscaled)
+        assert scores.shape == (1, 2) and not torch.isclose(scores[0, 0], scores[0, 1])
+
+
+def test_a_run_can_add_the_mask_head_to_weights_without_it(tmp_path):
+    from medsam3d.errors import InputError
+    from medsam3d.training.trainer import build_from
+
+    old = _small_tiny(first_click_multimask=True)
+    torch.save({"model": old.state_dict()}, tmp_path / "old.pt")
+    config = dict(img_size=64, embed_dim=48, num_heads=2, out_chans=48, decoder_mlp_dim=96, decoder_heads=2,
+                  iou_head_hidden_dim=32, mask_in_chans=8, first_click_multimask=True, mask_iou_head=True)
+    spec = {"name": "medsam3d-tiny", "config": config, "checkpoint": str(tmp_path / "old.pt")}
+    new = build_from(spec, torch.device("cpu"), ["mask_decoder.mask_iou_head"])
+    state = new.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in old.state_dict().items())  # everything else is the old weights
+    with pytest.raises(InputError, match="missing key.*mask_iou_head"):
+        build_from(spec, torch.device("cpu"), [])  # without train.reinit naming it, a missing part is an error

@@ -31,11 +31,11 @@ class PromptDecoderConfig:
     # highest predicted IoU. Only for models trained that way (training/interactive.py: configs/models/
     # medsam3d-tiny.yaml and configs/default/train.yaml turn it on); SAM-Med3D was not, nor are distilled students.
     first_click_multimask: bool = False
-    # where the IoU head reads from: SAM's IoU token (False), or each mask's own output token (True; the head's
-    # output m of mask token m, so the weights keep their shapes). A multimask run's IoU token output collapsed to
-    # the same vector for every input, which leaves a head on it nothing to rank with; the mask tokens cannot
-    # collapse like that, as they make the masks.
-    iou_from_mask_tokens: bool = False
+    # score each mask from what it covers (Mask Scoring R-CNN's idea): the upscaled features pooled under the mask,
+    # pooled over the window, and its log size go through their own MLP. SAM's IoU head reads the IoU token only,
+    # and in a multimask run of medsam3d-tiny every output token was the same vector, whatever the input, so no head
+    # on the tokens could rank the masks. Adds parameters (mask_decoder.mask_iou_head); off for published models.
+    mask_iou_head: bool = False
 
     @property
     def prompt_dim(self) -> int:

@@ -112,9 +112,8 @@ class MaskDecoder3D(nn.Module):
     def __init__(self, dim: int, num_multimask_outputs: int, iou_head_depth: int, iou_head_hidden_dim: int,
                  depth: int, mlp_dim: int, num_heads: int, downsample_rate: int,
                  skip_chans: tuple[int, ...] = (), guidance: bool = False,
-                 iou_from_mask_tokens: bool = False) -> None:
+                 mask_iou_head: bool = False) -> None:
         super().__init__()
-        self.iou_from_mask_tokens = iou_from_mask_tokens
         self.skip_chans = tuple(skip_chans)
         if self.skip_chans and len(self.skip_chans) != 2:
             raise ValueError(f"skip_chans must be (channels at S/8, channels at S/4), got {self.skip_chans}")
@@ -134,6 +133,19 @@ class MaskDecoder3D(nn.Module):
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        # (features pooled inside the mask, pooled over the window, log size) -> IoU; see the config's docstring
+        self.mask_iou_head = MLP(2 * (dim // 8) + 1, iou_head_hidden_dim, 1, iou_head_depth) if mask_iou_head else None
+
+    def _score_masks(self, masks: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
+        """masks (B, M+1, X, Y, Z) logits, upscaled (B, c, X, Y, Z) -> predicted IoU (B, M+1). The masks are
+        detached: the IoU loss teaches the scorer, not the masks to please it."""
+        weights = torch.sigmoid(masks.detach().float()).flatten(2)  # (B, M+1, V)
+        feats = upscaled.float().flatten(2)  # (B, c, V)
+        area = weights.sum(2, keepdim=True)  # (B, M+1, 1)
+        inside = (weights @ feats.transpose(1, 2)) / area.clamp(min=1e-3)  # (B, M+1, c)
+        window = feats.mean(2)[:, None].expand_as(inside)
+        size = torch.log(area / weights.shape[2] + 1e-4)
+        return self.mask_iou_head(torch.cat([inside, window, size], 2)).squeeze(2).to(masks.dtype)
 
     def _upscale(self, src: torch.Tensor, skips: tuple[torch.Tensor, ...],
                  guidance: Optional[torch.Tensor]) -> torch.Tensor:
@@ -171,8 +183,8 @@ class MaskDecoder3D(nn.Module):
         )  # (B, M+1, C/8)
         _, cu, ux, uy, uz = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, cu, ux * uy * uz)).view(b, -1, ux, uy, uz)
-        if self.iou_from_mask_tokens:  # score m from mask token m: the diagonal of (B, M+1 tokens, M+1 outputs)
-            iou_pred = self.iou_prediction_head(mask_tokens_out).diagonal(dim1=1, dim2=2)
+        if self.mask_iou_head is not None:
+            iou_pred = self._score_masks(masks, upscaled)
         else:
             iou_pred = self.iou_prediction_head(iou_token_out)  # (B, M+1)
         chosen = slice(1, None) if multimask_output else slice(0, 1)

@@ -46,7 +46,7 @@ class PromptableModel3D(nn.Module):
                                           config.decoder_heads, config.attention_downsample_rate,
                                           skip_chans=stem[:0:-1],
                                           guidance=bool(stem) and bool(getattr(config, "guidance_maps", False)),
-                                          iou_from_mask_tokens=config.iou_from_mask_tokens)
+                                          mask_iou_head=config.mask_iou_head)
         # where each part's weights came from: "random" until a checkpoint fills it (see checkpoint.py)
         self.weight_sources: dict[str, str] = {p: "random" for p in ("image_encoder", "prompt_encoder", "mask_decoder")}
 

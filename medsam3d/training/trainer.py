@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import InputError
 from ..io import atomic_output
-from ..models import build_model, config_dict
+from ..models import build_model, config_dict, read_state_dict
 from . import ddp
 from .data import preprocess, structures
 from .dataset import CropDataset, StepBatchSampler, size_repeats
@@ -182,9 +182,18 @@ class Run:
         return self.out / "model.pt"
 
 
-def build_from(spec: dict, device: torch.device):
-    """{"name", "config", "checkpoint"} -> model."""
-    return build_model(spec["name"], checkpoint=spec.get("checkpoint"), device=device, **(spec.get("config") or {}))
+def build_from(spec: dict, device: torch.device, fresh: list[str] = ()):
+    """{"name", "config", "checkpoint"} -> model. Submodules named in ``fresh`` (``train.reinit``) may be missing
+    from the checkpoint, so a run can add a part (a new head) to trained weights; every other key must be there."""
+    config = spec.get("config") or {}
+    checkpoint = spec.get("checkpoint")
+    if checkpoint is None or not fresh:
+        return build_model(spec["name"], checkpoint=checkpoint, device=device, **config)
+    prefixes = tuple(f"{name}." for name in fresh)
+    state = {k: v for k, v in read_state_dict(checkpoint).items() if not k.startswith(prefixes)}
+    blank = build_model(spec["name"], **config).state_dict()
+    state.update({k: v for k, v in blank.items() if k.startswith(prefixes)})  # reinitialised before training anyway
+    return build_model(spec["name"], checkpoint=state, device=device, **config)
 
 
 def reinitialise(model: nn.Module, names: list[str]) -> None:
@@ -274,7 +283,7 @@ def run_interactive(cfg: dict, out: str | Path, resume: bool = False, kind: str 
         raise InputError("finetune needs model.checkpoint (the weights to start from); use train to start fresh")
     run = Run(cfg, out, resume, kind)
     try:
-        model = build_from(cfg["model"], run.device)
+        model = build_from(cfg["model"], run.device, list(cfg["train"]["reinit"]))
         model.train()
         reinitialise(model, list(cfg["train"]["reinit"]))  # before restore: a resumed run gets its own weights back
         params = set_trainable(model, list(cfg["train"]["freeze"]))
