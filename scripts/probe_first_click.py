@@ -6,8 +6,9 @@ Dice of each of the 3 multimask outputs (forced), of the one the IoU head picks,
         [--case ts_ct_dicom]
 
 The gap between "picked" and "oracle" is what a better-calibrated IoU head would give at 1 click. The last line
-gives the spread of the IoU head's scores across structures: near zero means a collapsed head that scores every
-input alike (what `train.reinit` repairs).
+lines give the spread across structures of the IoU head's scores and of the decoder's output tokens (IoU token,
+then mask tokens 0-3), relative to their size: near zero means a head that scores every input alike, and tokens
+that carry nothing to rank with (what `mask_iou_head` avoids).
 """
 
 from __future__ import annotations
@@ -30,16 +31,21 @@ class ForcedChoice:
 
     def __init__(self, model) -> None:
         self.model, self.forced = model, None
-        self.scores: list[np.ndarray] = []  # the model's own IoU scores of each multimask decode, (M,)
+        self.scores: list[np.ndarray] = []  # the model's own IoU scores of each unforced multimask decode, (M,)
+        self.tokens: list[torch.Tensor] = []  # the decoder's output tokens of those decodes, (T, C)
+        self._hs: list[torch.Tensor] = []
+        model.mask_decoder.transformer.register_forward_hook(lambda module, inputs, out: self._hs.append(out[0][0]))
         self.config, self.name, self.is_trained = model.config, model.name, model.is_trained
 
     def encode(self, image):
         return self.model.encode(image)
 
     def decode(self, features, multimask_output=False, **prompts):
+        self._hs.clear()
         low_res, iou = self.model.decode(features, multimask_output=multimask_output, **prompts)
-        if multimask_output:
+        if multimask_output and self.forced is None:
             self.scores.append(iou[0].float().cpu().numpy())
+            self.tokens.append(self._hs[-1][:1 + self.config.num_multimask_outputs + 1].float().cpu())
         if multimask_output and self.forced is not None:
             iou = torch.zeros_like(iou)
             iou[:, self.forced] = 1.0
@@ -80,6 +86,9 @@ def main() -> None:
     scores = np.array(wrapped.scores)
     print("IoU head scores across structures, mean (std) per mask: "
           + "  ".join(f"{m:.3f} ({s:.3f})" for m, s in zip(scores.mean(0), scores.std(0))))
+    tokens = torch.stack(wrapped.tokens)  # (structures, T, C)
+    spread = tokens.std(0).mean(1) / tokens.abs().mean((0, 2))
+    print("decoder output tokens across structures, std / mean |x|: " + "  ".join(f"{v:.3f}" for v in spread))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ class PromptDecoderConfig:
     box_prompts: bool = False  # two extra corner embeddings (SAM-Med3D's checkpoints have none)
     reference_pe: bool = True  # reproduce SAM-Med3D's positional-encoding quirks (prompt_encoder.py)
     # a lone click is ambiguous (a vertebra or the spine?): decode all multimask outputs and keep the one with the
-    # highest predicted IoU. Only for models trained that way (training/interactive.py: configs/models/
-    # medsam3d-tiny.yaml and configs/default/train.yaml turn it on); SAM-Med3D was not, nor are distilled students.
+    # highest predicted IoU. Only for models trained that way (training/interactive.py; configs/default/train.yaml
+    # turns it on for medsam3d-tiny); SAM-Med3D was not, nor are distilled students.
     first_click_multimask: bool = False
     # score each mask from what it covers (Mask Scoring R-CNN's idea): the upscaled features pooled under the mask,
     # pooled over the window, and its log size go through their own MLP. SAM's IoU head reads the IoU token only,

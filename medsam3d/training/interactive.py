@@ -40,10 +40,8 @@ class InteractiveStep(nn.Module):
     def _rank_loss(self, iou_pred: torch.Tensor, iou_true: torch.Tensor) -> torch.Tensor:
         """iou_pred, iou_true (B, M) -> listwise ranking loss (scalar), zero at iou_pred == iou_true."""
         t = self.rank_temperature
-        target = torch.softmax(iou_true / t, dim=1)
-        loss = -(target * torch.log_softmax(iou_pred / t, dim=1)).sum(1)
-        entropy = -(target * torch.log(target.clamp(min=1e-12))).sum(1)
-        return (loss - entropy).mean()  # KL(target || predicted)
+        return F.kl_div(torch.log_softmax(iou_pred / t, dim=1), torch.log_softmax(iou_true / t, dim=1),
+                        reduction="batchmean", log_target=True)  # KL(true || predicted), summed over M
 
     def _mask_losses(self, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         """logits (B, M, s, s, s), soft targets (B, 1, s, s, s) -> Dice + BCE per sample and mask, (B, M)."""

@@ -191,9 +191,14 @@ def build_from(spec: dict, device: torch.device, fresh: list[str] = ()):
         return build_model(spec["name"], checkpoint=checkpoint, device=device, **config)
     prefixes = tuple(f"{name}." for name in fresh)
     state = {k: v for k, v in read_state_dict(checkpoint).items() if not k.startswith(prefixes)}
-    blank = build_model(spec["name"], **config).state_dict()
-    state.update({k: v for k, v in blank.items() if k.startswith(prefixes)})  # reinitialised before training anyway
-    return build_model(spec["name"], checkpoint=state, device=device, **config)
+    model = build_model(spec["name"], checkpoint=state, strict=False, device=device, **config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.startswith(prefixes)]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:  # strict, except for the fresh parts
+        raise InputError(f"checkpoint does not fit {model.name}: {len(missing)} missing key(s) "
+                         f"{', '.join(missing[:3])}; {len(unexpected)} unexpected key(s) {', '.join(unexpected[:3])}")
+    return model
 
 
 def reinitialise(model: nn.Module, names: list[str]) -> None:
