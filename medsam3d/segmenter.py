@@ -35,7 +35,7 @@ GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
 class PromptableModel(Protocol):
     """What the Segmenter needs of a model (``PromptableModel3D`` or a stand-in in tests)."""
 
-    config: Any  # .img_size, .box_prompts, optionally .first_click_multimask
+    config: Any  # .img_size, .box_prompts, optionally .first_click_multimask and .multimask_refine
 
     def encode(self, image: torch.Tensor) -> Any: ...  # ImageFeatures (cached per window, passed back as is)
 
@@ -240,7 +240,9 @@ class Segmenter:
         # one click alone is ambiguous: a model trained for it offers several masks, and its IoU head picks one
         lone_click = (set(kwargs) == {"points", "labels"} and len(prompts.points) == 1
                       and bool(prompts.labels[0] == 1))
-        multimask = lone_click and bool(getattr(self.model.config, "first_click_multimask", False))
+        config = self.model.config
+        multimask = (lone_click and bool(getattr(config, "first_click_multimask", False))) or bool(
+            getattr(config, "multimask_refine", False))
         with torch.inference_mode():
             low_res, iou = self.model.decode(emb, multimask_output=multimask, **kwargs)  # (1, M, g4, ..), (1, M)
         best = int(iou[0].argmax())

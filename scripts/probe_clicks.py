@@ -67,7 +67,8 @@ def main() -> None:
             print(line)
             previous = None
             for k in range(1, args.clicks + 1):
-                multimask = k == 1 and model.config.first_click_multimask  # as Segmenter answers a lone click
+                # as Segmenter answers: a lone click, or every click with multimask_refine
+                multimask = (k == 1 and model.config.first_click_multimask) or model.config.multimask_refine
                 low_res, iou = model.decode(features, points=points, labels=labels, mask_input=previous,
                                             multimask_output=multimask)
                 best = int(iou[0].argmax())

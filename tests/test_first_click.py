@@ -140,6 +140,29 @@ def test_interactive_step_follows_the_best_mask_into_the_next_click():
     assert torch.equal(seen[1][0], first_masks[:, best:best + 1])
 
 
+@pytest.mark.parametrize("refine", [False, True])
+def test_interactive_step_decodes_multimask_at_every_click_with_multimask_refine(refine):
+    from medsam3d.training.interactive import InteractiveStep
+
+    model = _small_tiny(first_click_multimask=True, multimask_refine=refine)
+    calls = []
+    decode = model.decode
+
+    def spy(*args, **kwargs):
+        low_res, iou = decode(*args, **kwargs)
+        calls.append((kwargs["multimask_output"], low_res.shape[1], iou.shape[1]))
+        return low_res, iou
+
+    model.decode = spy
+    image = torch.randn(1, 1, 64, 64, 64)
+    target = torch.zeros(1, 1, 64, 64, 64)
+    target[..., 10:30, 10:30, 10:30] = 1
+    _, info = InteractiveStep(model, clicks=3, loss_downsample=2, rank_weight=1.0)(image, target, seed=1)
+    expected = [(True, 3, 3)] * 3 if refine else [(True, 3, 3), (False, 1, 1), (False, 1, 1)]
+    assert calls == expected
+    assert 0.0 <= info["rank_acc"] <= 1.0  # averaged over every multimask decode of the step
+
+
 class _ThreeMaskModel:
     """Decoder stand-in offering three different masks with IoU scores 0.2, 0.9, 0.5 for a lone click."""
 
@@ -181,6 +204,25 @@ def test_segmenter_keeps_the_mask_with_the_highest_predicted_iou_for_a_lone_clic
     assert abs(int(result.mask.array.sum()) - 32**3) < 0.1 * 32**3
     seg.predict(points=[[32, 32, 32], [40, 40, 40]], labels=[1, 0], refine=True)
     assert model.multimask_calls[-1] is False  # more than one click: no ambiguity left to resolve
+
+
+def test_segmenter_with_multimask_refine_keeps_the_best_scored_mask_at_every_click():
+    from medsam3d.io import Volume
+    from medsam3d.segmenter import Segmenter
+
+    image = np.random.default_rng(0).uniform(10, 100, (64, 64, 64)).astype(np.float32)
+    volume = Volume(image, (1.5, 1.5, 1.5), (0, 0, 0), np.eye(3))
+    model = _ThreeMaskModel()
+    model.config.multimask_refine = True
+    seg = Segmenter(model=model)
+    seg.set_volume(volume, modality="mr")
+    seg.predict(points=[[32, 32, 32]], labels=[1])
+    result = seg.predict(points=[[32, 32, 32], [40, 40, 40]], labels=[1, 0], refine=True)
+    assert model.multimask_calls == [True, True]
+    assert result.iou == pytest.approx([0.9])
+    assert abs(int(result.mask.array.sum()) - 32**3) < 0.1 * 32**3  # the medium cube again, not token 0's small one
+    seg.predict(box=[20, 20, 20, 44, 44, 44])
+    assert model.multimask_calls[-1] is True  # a box too
 
 
 def test_size_repeats_favour_large_structures_within_a_cap():

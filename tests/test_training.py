@@ -254,3 +254,38 @@ def test_distill_resumed_between_stages_starts_stage_2_from_the_stage_1_student(
     encoder = [k for k in stage1 if k.startswith("image_encoder.")]
     assert all(torch.equal(stage1[k], final[k]) for k in encoder)  # frozen in stage 2, carried over from stage 1
     assert any(not torch.equal(stage1[k], final[k]) for k in final if k.startswith("mask_decoder."))
+
+
+def test_affine_augmentation_rotates_and_scales_image_and_target_together(tmp_path):
+    """A bright ellipsoid labelled 1: with affine_prob=1 the crop's target still sits exactly on the bright voxels,
+    its size changes within the scale range, and with affine_prob=0 the crop is the plain (flip-only) crop."""
+    from monai import transforms as mt
+
+    from medsam3d.training.data import Structure
+    from medsam3d.training.dataset import CropDataset
+
+    n = 64
+    z, y, x = np.mgrid[:n, :n, :n]
+    blob = ((x - 32) / 10.0) ** 2 + ((y - 32) / 6.0) ** 2 + ((z - 32) / 4.0) ** 2 <= 1
+    image = np.where(blob, 1000.0, 0.0).astype(np.float32) + 10.0
+    np.savez(tmp_path / "case.npz", image=image, label=blob.astype(np.uint8))
+    records = [{"case_id": "c", "file": "case.npz", "modality": "MR"}]
+    structure = Structure(0, 1, int(blob.sum()), (32, 32, 32), ((28, 26, 22), (36, 38, 42)))
+
+    def crops(prob):
+        data = CropDataset(records, tmp_path, [structure], 48, seed=0, affine_prob=prob, rotate_deg=30, scale=0.3)
+        data.intensity = mt.Compose([])  # isolate the spatial part
+        return [data[(0, draw)] for draw in range(6)]
+
+    plain_sizes = {int(item["target"].sum()) for item in crops(0.0)}
+    assert plain_sizes == {int(blob.sum())}  # flips and shifts keep every voxel of it
+    sizes = []
+    for item in crops(1.0):
+        img, target = item["image"][0].numpy(), item["target"][0].numpy()
+        assert img.shape == target.shape == (48, 48, 48)
+        assert target.min() >= 0.0 and target.max() <= 1.0
+        inside, outside = img[target > 0.9], img[target < 0.1]
+        assert inside.mean() > outside.mean() + 2 * outside.std()  # still the bright voxels
+        sizes.append(float(target.sum()))
+    assert len({round(s) for s in sizes}) > 1  # different draws, different geometry
+    assert all(0.3 * blob.sum() < s < 2.5 * blob.sum() for s in sizes)

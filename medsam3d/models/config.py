@@ -31,6 +31,11 @@ class PromptDecoderConfig:
     # highest predicted IoU. Only for models trained that way (training/interactive.py; configs/default/train.yaml
     # turns it on for medsam3d-tiny); SAM-Med3D was not, nor are distilled students.
     first_click_multimask: bool = False
+    # decode every prompt set, not only a lone click, into the multimask outputs and keep the best-scored one. The
+    # single-mask output (token 0) of the run (c) weights blew up to a blob of 10^5 voxels when a negative click
+    # followed a small first answer (scripts/probe_clicks.py, ribs); the multimask outputs with the mask-scoring head
+    # refined the same clicks. Training then puts the loss on the best of the M masks after every click.
+    multimask_refine: bool = False
     # score each mask from what it covers (Mask Scoring R-CNN's idea): the upscaled features pooled under the mask,
     # pooled over the window, and its log size go through their own MLP. SAM's IoU head reads the IoU token only,
     # and in a multimask run of medsam3d-tiny every output token was the same vector, whatever the input, so no head

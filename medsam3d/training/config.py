@@ -20,6 +20,10 @@ DEFAULTS: dict[str, Any] = {
         "min_voxels": 20,  # structures smaller than this (in model space) are not targets
         "synthetic_fraction": 0.0,  # share of samples painted from label maps (SynthSeg-style)
         "size_weighting": 0.0,  # >0: large structures sampled up to 4x as often, (voxels/median)**this
+        # chance a crop is rotated and scaled (bodies differ in size and pose; a handful of subjects show few)
+        "affine_prob": 0.0,
+        "rotate_deg": 10.0,  # up to this much about each axis
+        "scale": 0.15,  # zoom by a factor in [1 - scale, 1 + scale] per axis
         "cache": None,  # preprocessed-data cache folder (default: <out>/cache)
         "workers": 0,  # DataLoader worker processes
         "holdout": [],  # case ids never trained on

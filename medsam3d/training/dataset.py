@@ -22,11 +22,19 @@ from .synthetic import paint
 
 class CropDataset(torch.utils.data.Dataset):
     def __init__(self, records: list[dict], folder: Path, structures: list[Structure], crop: int, seed: int,
-                 synthetic_fraction: float = 0.0, augment: bool = True, fixed: bool = False) -> None:
+                 synthetic_fraction: float = 0.0, augment: bool = True, fixed: bool = False,
+                 affine_prob: float = 0.0, rotate_deg: float = 10.0, scale: float = 0.15) -> None:
         self.records, self.folder, self.structures = records, Path(folder), structures
         self.crop, self.seed = crop, seed
         self.synthetic_fraction, self.augment, self.fixed = synthetic_fraction, augment, fixed
-        self.spatial = mt.Compose([mt.RandFlipd(["image", "target"], prob=0.5, spatial_axis=a) for a in range(3)])
+        flips = [mt.RandFlipd(["image", "target"], prob=0.5, spatial_axis=a) for a in range(3)]
+        # rotation and zoom about the crop's centre; the image's edge voxels fill the corners ("border"), the
+        # target is resampled linearly (it is a soft target: InteractiveStep averages it to the loss grid)
+        angle = np.deg2rad(rotate_deg)
+        affine = mt.RandAffined(["image", "target"], prob=affine_prob, rotate_range=(angle,) * 3,
+                                scale_range=(scale,) * 3, mode=("bilinear", "bilinear"),
+                                padding_mode=("border", "zeros"))
+        self.spatial = mt.Compose(flips + ([affine] if affine_prob > 0 else []))
         self.intensity = mt.Compose([
             mt.RandScaleIntensity(factors=0.1, prob=0.5),
             mt.RandShiftIntensity(offsets=0.1, prob=0.5),
@@ -61,7 +69,7 @@ class CropDataset(torch.utils.data.Dataset):
             state = int(rng.integers(2**31 - 1))
             sample = self.spatial.set_random_state(seed=state)({"image": img[None], "target": target[None]})
             img = self.intensity.set_random_state(seed=state + 1)(sample["image"])
-            target = sample["target"][0]
+            target = np.asarray(sample["target"])[0]
             img = np.asarray(img)[0]
         return {"image": torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32)[None],
                 "target": torch.as_tensor(np.ascontiguousarray(target), dtype=torch.float32)[None],

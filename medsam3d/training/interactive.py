@@ -30,6 +30,8 @@ class InteractiveStep(nn.Module):
         # SAM's answer to a single click's ambiguity (a vertebra, or the spine?): decode all M masks, put the loss on
         # the best one only and teach the IoU head to rank them; inference keeps the highest predicted IoU
         self.multimask_first = bool(getattr(model.config, "first_click_multimask", False))
+        # multimask_refine: every click is answered that way, as Segmenter then decodes every prompt set
+        self.multimask_always = bool(getattr(model.config, "multimask_refine", False))
         # the IoU head's MSE alone learned a prior ("mask 1 is best") instead of a ranking; a listwise term
         # (ListNet: cross-entropy between the softmaxes of predicted and true IoUs over the M masks) pushes the
         # order, and its minimum is still exact calibration (predicted = true), so the two terms agree
@@ -58,8 +60,8 @@ class InteractiveStep(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
         """images, targets (B, 1, S, S, S) -> mean loss over clicks, and metrics: dice after the last click (of the
-        mask with the highest predicted IoU) and rank_acc, the share of multimask first clicks where the IoU head
-        picked the truly best mask (nan without multimask)."""
+        mask with the highest predicted IoU) and rank_acc, the share of multimask decodes where the IoU head picked
+        the truly best mask (nan without multimask)."""
         gen = torch.Generator().manual_seed(int(seed))
         size = images.shape[-1] // self.down
         soft = F.avg_pool3d(targets, self.down) if self.down > 1 else targets  # (B, 1, S/d, ..)
@@ -73,9 +75,9 @@ class InteractiveStep(nn.Module):
             points = self._to_full(points, gen)
         previous = None
         total = images.new_zeros(())
-        ranked = images.new_full((), float("nan"))
+        ranked: list[torch.Tensor] = []  # per multimask decode: did the head pick the truly best mask? (B,)
         for click in range(self.clicks):
-            multimask = self.multimask_first and click == 0 and not use_box
+            multimask = self.multimask_always or (self.multimask_first and click == 0 and not use_box)
             low_res, iou_pred = self.model.decode(embedding, points=points, labels=labels, boxes=boxes,
                                                   mask_input=previous, multimask_output=multimask)
             logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)  # (B, M, s..)
@@ -88,7 +90,7 @@ class InteractiveStep(nn.Module):
             iou_true = inter / union  # (B, M)
             total = total + losses[rows, best].mean() + F.mse_loss(iou_pred, iou_true)
             if logits.shape[1] > 1:
-                ranked = (iou_pred.detach().argmax(1) == iou_true.argmax(1)).float().mean()
+                ranked.append((iou_pred.detach().argmax(1) == iou_true.argmax(1)).float())
                 if self.rank_weight > 0:
                     total = total + self.rank_weight * self._rank_loss(iou_pred, iou_true)
             pred = masks[rows, best][:, None]  # (B, 1, s, s, s)
@@ -103,7 +105,8 @@ class InteractiveStep(nn.Module):
         shown = iou_pred.detach().argmax(1)  # of the last click's masks, the one inference keeps (no target there)
         sizes = masks[rows, shown].flatten(1).sum(1) + hard.flatten(1).sum(1)
         dice = 2 * inter[rows, shown] / sizes.float().clamp(min=1)
-        return total / self.clicks + unused, {"dice": float(dice.mean()), "rank_acc": float(ranked)}
+        rank_acc = float(torch.cat(ranked).mean()) if ranked else float("nan")
+        return total / self.clicks + unused, {"dice": float(dice.mean()), "rank_acc": rank_acc}
 
 
 class HolisticDistillationStep(nn.Module):

@@ -96,7 +96,8 @@ class Run:
             raise InputError("no structure large enough to train on in the usable cases")
         self.log(f"{len(records)} case(s), {len(targets)} structure(s); cache {folder}")
         return CropDataset(records, folder, targets, crop, int(self.cfg["seed"]), data["synthetic_fraction"],
-                           augment=not fixed, fixed=fixed)
+                           augment=not fixed, fixed=fixed, affine_prob=float(data["affine_prob"]),
+                           rotate_deg=float(data["rotate_deg"]), scale=float(data["scale"]))
 
     def batches(self, dataset: CropDataset, start_micro: int) -> Iterator[dict]:
         repeats = size_repeats(np.array([s.voxels for s in dataset.structures]),
