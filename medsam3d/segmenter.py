@@ -152,7 +152,7 @@ class Segmenter:
     def predict_prompts(self, prompts: Prompts, probabilities: bool = False, refine: bool = False) -> Result:
         volume = self.volume
         timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
-        first = self._choose_window(prompts)
+        first = self._choose_window(prompts, refine)
         pieces: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
         windows, ious = [], []
         queue: list[tuple[Window, Optional[np.ndarray]]] = [(first, None)]
@@ -171,8 +171,14 @@ class Segmenter:
         return self._assemble(pieces, windows, ious, probabilities, timings)
 
     # ------------------------------------------------------------------ steps
-    def _choose_window(self, prompts: Prompts) -> Window:
-        """A cached window holding every prompt with room around it, else one centred on the positive prompts."""
+    def _choose_window(self, prompts: Prompts, refine: bool = False) -> Window:
+        """A cached window that holds every prompt with room around it, else one centred on the positive prompts.
+
+        A refinement keeps the window its previous logits live in. A new object reuses a cached window only if its
+        positive prompts sit within ``size / 4`` of the window's centre, where training put the objects
+        (``CropDataset`` shifts crops by up to a quarter): at the edge of a window the model sees a cut-off object
+        and little context, and on held-out CT reusing any window that merely held the click cost much of the
+        first click's Dice."""
         volume = self.volume
         if len(prompts.points) and (prompts.labels == 1).any():
             anchor = prompts.points[prompts.labels == 1]
@@ -183,11 +189,15 @@ class Segmenter:
         else:
             anchor = prompts.points
         every_prompt = volume.ijk_to_lps(np.concatenate([prompts.points, anchor]))
-        for center in self._embeddings:
-            window = Window(center, self.size)
-            if window.contains(every_prompt, margin=16):
-                return window
         center = volume.ijk_to_lps(np.asarray(anchor).mean(0))
+        candidates = list(self._last_logits) if refine else []  # the previous prediction's windows, first first
+        candidates += [c for c in self._embeddings if c not in candidates]
+        for candidate in candidates:
+            window = Window(candidate, self.size)
+            offset = np.abs(window.lps_to_voxel(center) - (self.size - 1) / 2)
+            central = bool((offset <= self.size / 4).all())
+            if window.contains(every_prompt, margin=16) and (central or (refine and candidate in self._last_logits)):
+                return window
         spacing = Window.spacing
         # snap to the model-space lattice so cached and grown windows line up voxel for voxel
         snapped = np.round(center / spacing) * spacing

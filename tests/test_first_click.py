@@ -312,3 +312,26 @@ def test_a_run_can_add_the_mask_head_to_weights_without_it(tmp_path):
     assert all(torch.equal(v, state[k]) for k, v in old.state_dict().items())  # everything else is the old weights
     with pytest.raises(InputError, match="missing key.*mask_iou_head"):
         build_from(spec, torch.device("cpu"), [])  # without train.reinit naming it, a missing part is an error
+
+
+def test_max_point_prompts_hands_the_decoder_the_first_and_the_latest_clicks():
+    model = _small_tiny(max_point_prompts=4).eval()
+    unlimited = _small_tiny().eval()
+    unlimited.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    features = model.encode(torch.randn(1, 1, 64, 64, 64))
+    points = torch.tensor([[[32, 32, 32], [20, 30, 40], [40, 22, 30], [28, 44, 20], [36, 36, 12], [12, 50, 33]]],
+                          dtype=torch.float32)
+    labels = torch.tensor([[1, 0, 1, 0, 1, 0]])
+    mask = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        limited, iou = model.decode(features, points=points, labels=labels, mask_input=mask)
+        kept, kept_iou = unlimited.decode(features, points=points[:, [0, 3, 4, 5]], labels=labels[:, [0, 3, 4, 5]],
+                                          mask_input=mask)
+        every, _ = unlimited.decode(features, points=points, labels=labels, mask_input=mask)
+        few, _ = model.decode(features, points=points[:, :3], labels=labels[:, :3], mask_input=mask)
+        few_every, _ = unlimited.decode(features, points=points[:, :3], labels=labels[:, :3], mask_input=mask)
+    torch.testing.assert_close(limited, kept)
+    torch.testing.assert_close(iou, kept_iou)
+    assert not torch.allclose(limited, every)
+    torch.testing.assert_close(few, few_every)  # up to the limit, nothing is dropped
