@@ -314,24 +314,36 @@ def test_a_run_can_add_the_mask_head_to_weights_without_it(tmp_path):
         build_from(spec, torch.device("cpu"), [])  # without train.reinit naming it, a missing part is an error
 
 
-def test_max_point_prompts_hands_the_decoder_the_first_and_the_latest_clicks():
-    model = _small_tiny(max_point_prompts=4).eval()
-    unlimited = _small_tiny().eval()
-    unlimited.load_state_dict(model.state_dict())
-    torch.manual_seed(1)
-    features = model.encode(torch.randn(1, 1, 64, 64, 64))
-    points = torch.tensor([[[32, 32, 32], [20, 30, 40], [40, 22, 30], [28, 44, 20], [36, 36, 12], [12, 50, 33]]],
-                          dtype=torch.float32)
-    labels = torch.tensor([[1, 0, 1, 0, 1, 0]])
-    mask = torch.randn(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        limited, iou = model.decode(features, points=points, labels=labels, mask_input=mask)
-        kept, kept_iou = unlimited.decode(features, points=points[:, [0, 3, 4, 5]], labels=labels[:, [0, 3, 4, 5]],
-                                          mask_input=mask)
-        every, _ = unlimited.decode(features, points=points, labels=labels, mask_input=mask)
-        few, _ = model.decode(features, points=points[:, :3], labels=labels[:, :3], mask_input=mask)
-        few_every, _ = unlimited.decode(features, points=points[:, :3], labels=labels[:, :3], mask_input=mask)
-    torch.testing.assert_close(limited, kept)
-    torch.testing.assert_close(iou, kept_iou)
-    assert not torch.allclose(limited, every)
-    torch.testing.assert_close(few, few_every)  # up to the limit, nothing is dropped
+
+def test_loss_clicks_trains_the_first_click_and_a_draw_of_the_others_and_decodes_them_all():
+    from medsam3d.training.interactive import InteractiveStep
+
+    model = _small_tiny(first_click_multimask=True, multimask_refine=True)
+    calls = []
+    decode = model.decode
+
+    def spy(*args, **kwargs):
+        low_res, iou = decode(*args, **kwargs)
+        calls.append((low_res.requires_grad, kwargs["points"].shape[1]))
+        return low_res, iou
+
+    model.decode = spy
+    image = torch.randn(1, 1, 64, 64, 64)
+    target = torch.zeros(1, 1, 64, 64, 64)
+    target[..., 10:30, 10:30, 10:30] = 1
+    step = InteractiveStep(model, clicks=6, loss_downsample=2, loss_clicks=3)
+    loss, _ = step(image, target, seed=5)
+    assert [n for _, n in calls] == [1, 2, 3, 4, 5, 6]  # every click decoded, with every click so far
+    graded = [i for i, (grad, _) in enumerate(calls) if grad]
+    assert graded[0] == 0 and len(graded) == 3  # the first click and two others carry the loss
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_encoder.parameters())
+    draws = set()
+    for seed in range(6):  # a fresh draw per step, always including the first click
+        calls.clear()
+        InteractiveStep(model, clicks=6, loss_downsample=2, loss_clicks=3)(image, target, seed=seed)
+        draws.add(tuple(i for i, (grad, _) in enumerate(calls) if grad))
+    assert len(draws) > 1 and all(d[0] == 0 and len(d) == 3 for d in draws)
+    calls.clear()
+    InteractiveStep(model, clicks=3, loss_downsample=2)(image, target, seed=5)
+    assert all(grad for grad, _ in calls) and len(calls) == 3  # without loss_clicks, every click is trained

@@ -36,10 +36,6 @@ class PromptDecoderConfig:
     # followed a small first answer (scripts/probe_clicks.py, ribs); the multimask outputs with the mask-scoring head
     # refined the same clicks. Training then puts the loss on the best of the M masks after every click.
     multimask_refine: bool = False
-    # the most clicks the decoder sees at once: the first and the latest ones (the mask prompt carries the rest).
-    # A model trained with train.clicks = k never saw more than k point tokens; with 10 the run (c) weights turned
-    # a spleen at Dice 0.78 into a 3000-voxel speck. None: every click (the published models).
-    max_point_prompts: Optional[int] = None
     # score each mask from what it covers (Mask Scoring R-CNN's idea): the upscaled features pooled under the mask,
     # pooled over the window, and its log size go through their own MLP. SAM's IoU head reads the IoU token only,
     # and in a multimask run of medsam3d-tiny every output token was the same vector, whatever the input, so no head

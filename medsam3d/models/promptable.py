@@ -67,8 +67,7 @@ class PromptableModel3D(nn.Module):
     def decode(
         self,
         features: Features,  # from encode (batch B or 1); a bare (B | 1, C, g, g, g) embedding for models without skips
-        points: Optional[torch.Tensor] = None,  # (B, N, 3) voxel coordinates in the crop, image-tensor axis order;
-        # beyond config.max_point_prompts, only the first and the latest points are used
+        points: Optional[torch.Tensor] = None,  # (B, N, 3) voxel coordinates in the crop, image-tensor axis order
         labels: Optional[torch.Tensor] = None,  # (B, N): 1 positive, 0 negative
         boxes: Optional[torch.Tensor] = None,  # (B, 6): (a0, b0, c0, a1, b1, c1) corners, inclusive
         mask_input: Optional[torch.Tensor] = None,  # (B, 1, 4g, 4g, 4g) logits of a previous prediction
@@ -83,10 +82,6 @@ class PromptableModel3D(nn.Module):
                              f"returns; got {len(features.skips)} (pass encode's output to decode unchanged)")
         if labels is not None:
             labels = labels.to(device=embedding.device, dtype=torch.long)
-        limit = self.config.max_point_prompts
-        if points is not None and limit and points.shape[1] > limit:  # the first click and the latest ones
-            keep = [0] + list(range(points.shape[1] - limit + 1, points.shape[1]))
-            points, labels = points[:, keep], labels[:, keep]
         sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input, batch)
         image_pe = self.prompt_encoder.get_dense_pe()
         guidance = None
