@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Click by click through ``Segmenter``, the evaluator's protocol on chosen structures of one scan, printing what
+the mean Dice of ``medsam3d evaluate`` hides: voxels marked, the click's sign, windows used, predicted IoU.
+
+    python scripts/probe_segmenter_clicks.py MODEL.yaml CHECKPOINT.pt --labels 100,101,112 [--clicks 5]
+        [--dataset data/public/Dataset201_TotalSegCT] [--case ts_ct_dicom] [--fresh]
+
+Each structure starts with ``forget_previous`` as in the evaluator; ``--fresh`` also empties the window cache
+first, so that each structure is segmented as if it were the first of the scan (the evaluator's order reuses
+windows). This is the probe behind docs/experiments/README.md, run (d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsam3d.evaluation.metrics import dice
+from medsam3d.evaluation.protocol import deepest_point, next_click, targets_from_labels
+from medsam3d.io import read_volume
+from medsam3d.segmenter import Segmenter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="model YAML or name")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--dataset", type=Path, default=Path("data/public/Dataset201_TotalSegCT"))
+    parser.add_argument("--case", default="ts_ct_dicom")
+    parser.add_argument("--labels", required=True, help="comma-separated label values")
+    parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--fresh", action="store_true", help="empty the window cache before each structure")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = {int(v): k for k, v in json.loads((args.dataset / "dataset.json").read_text())["labels"].items()}
+    volume = read_volume(args.dataset / "imagesTr" / f"{args.case}_0000.nii.gz")
+    label_map = read_volume(args.dataset / "labelsTr" / f"{args.case}.nii.gz").array
+    seg = Segmenter(args.model, checkpoint=args.checkpoint)
+    seg.set_volume(volume)
+    for value in (int(v) for v in args.labels.split(",")):
+        found = targets_from_labels(np.where(label_map == value, value, 0), volume.spacing, names, 0.0)
+        if not found:
+            print(f"label {value}: not in {args.case}")
+            continue
+        target = found[0].mask
+        if args.fresh:
+            seg.set_volume(volume)
+        seg.forget_previous()
+        print(f"{names.get(value, value)} ({value}): {int(target.sum())} voxels")
+        points, signs, pred = [deepest_point(target, volume.spacing)], [1], None
+        for k in range(1, args.clicks + 1):
+            if k > 1:
+                click = next_click(pred, target, volume.spacing)
+                if click is None:
+                    break
+                points.append(click[0])
+                signs.append(click[1])
+            result = seg.predict(points=np.asarray(points, dtype=float).tolist(), labels=signs, refine=k > 1)
+            pred = result.mask.array > 0
+            print(f"  click {k} ({'+' if signs[-1] else '-'}): {int(pred.sum())} voxels marked, "
+                  f"Dice {dice(pred, target):.3f}, {len(result.windows)} window(s), "
+                  f"predicted IoU {', '.join(f'{i:.2f}' for i in result.iou)}")
+
+
+if __name__ == "__main__":
+    main()
