@@ -75,9 +75,9 @@ def test_api_entry_point_and_refinement_reuse_the_cached_window():
 
 
 def test_a_new_object_reuses_a_cached_window_only_near_its_centre_and_a_refinement_keeps_its_window():
-    """Training puts objects within a quarter window of the centre; a new click 60 mm (40 window voxels) off
-    the centre of the cached window is inside it but gets its own window, one 15 mm off reuses it, and a
-    refinement click just as far off stays in the window of the previous logits."""
+    """A new click 60 mm (40 window voxels) off the centre of the cached window is inside it but gets its own
+    window, as does one 20 mm off, one 6 mm off reuses it, and a refinement click 60 mm off stays in the window of
+    the previous logits."""
     volume, _ = sphere_volume("ras", extent_mm=260.0)
     model = ThresholdModel()
     seg = Segmenter(model=model)
@@ -86,7 +86,7 @@ def test_a_new_object_reuses_a_cached_window_only_near_its_centre_and_a_refineme
     first = seg.predict(points=[centre])
     assert model.encode_calls == 1
     mm_per_voxel = volume.spacing  # RAS geometry: index axes are the model's axes
-    near = centre + np.round(np.array([15.0, 0, 0]) / mm_per_voxel)
+    near = centre + np.round(np.array([6.0, 0, 0]) / mm_per_voxel)
     far = centre + np.round(np.array([60.0, 0, 0]) / mm_per_voxel)
     assert first.windows[0].contains(volume.ijk_to_lps(far), margin=16)  # it would have been reused before
     seg.predict(points=[near])
@@ -98,6 +98,10 @@ def test_a_new_object_reuses_a_cached_window_only_near_its_centre_and_a_refineme
     assert model.encode_calls == 2 and other.windows[0] != first.windows[0]
     offset = other.windows[0].lps_to_voxel(volume.ijk_to_lps(far)) - 63.5
     assert np.abs(offset).max() <= 1.0  # centred on the click
+    seg.forget_previous()
+    mid = centre + np.round(np.array([20.0, 0, 0]) / mm_per_voxel)  # 13 window voxels: more than 8 off-centre
+    assert seg.predict(points=[mid]).windows[0] not in (first.windows[0], other.windows[0])
+    assert model.encode_calls == 3
 
 
 def test_paste_back_of_the_positive_region_only_gives_the_same_mask():
