@@ -30,6 +30,9 @@ from .preprocess import Window, check_modality, crop_window, guess_modality, mas
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
+# encoded windows kept per scan: a new object gets its own window, so a long session on one scan would otherwise
+# keep every encoding it ever made (medsam3d-tiny: about 5 MB each, with its skip maps)
+MAX_CACHED_WINDOWS = 16
 
 
 class PromptableModel(Protocol):
@@ -102,7 +105,7 @@ class Segmenter:
         self._fill = 0.0
         self.modality = "mr"  # intensity handling of the current volume (preprocess.normalise)
         self._embeddings: dict[tuple, Any] = {}  # window centre -> encode's output
-        self._last_logits: dict[tuple, torch.Tensor] = {}  # previous low-res logits per window (refinement)
+        self._last_logits: dict[tuple, torch.Tensor] = {}  # the last prediction's low-res logits per window
         # called with a step's name around steps that can take seconds; returns a context manager (CLI: spinner)
         self.on_step: Callable[[str], ContextManager] = lambda name: nullcontext()
 
@@ -153,12 +156,14 @@ class Segmenter:
         volume = self.volume
         timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
         first = self._choose_window(prompts, refine)
+        previous = self._last_logits.get(first.center_lps) if refine else None
+        self._last_logits = {}  # from now on: this prediction's windows only
         pieces: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
         windows, ious = [], []
         queue: list[tuple[Window, Optional[np.ndarray]]] = [(first, None)]
         while queue and len(windows) < self.max_windows:
             window, prior = queue.pop(0)
-            logits128, iou = self._predict_window(window, prompts, prior, refine and not windows, timings)
+            logits128, iou = self._predict_window(window, prompts, prior, None if windows else previous, timings)
             t0 = time.perf_counter()
             pieces.append(paste_back(logits128, window, volume, positive_only=not probabilities))
             timings["resample"] += time.perf_counter() - t0
@@ -212,11 +217,16 @@ class Segmenter:
             image = torch.from_numpy(crop)[None, None].to(self.device)
             with torch.inference_mode(), self.on_step("encoding the window"):
                 self._embeddings[key] = self.model.encode(image)
+            while len(self._embeddings) > MAX_CACHED_WINDOWS:  # drop the oldest that no refinement needs
+                stale = next((k for k in self._embeddings if k != key and k not in self._last_logits), None)
+                if stale is None:
+                    break
+                del self._embeddings[stale]
             timings["encode"] += time.perf_counter() - t0
         return self._embeddings[key]
 
-    def _predict_window(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray], refine: bool,
-                        timings: dict) -> tuple[np.ndarray, float]:
+    def _predict_window(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
+                        previous: Optional[torch.Tensor], timings: dict) -> tuple[np.ndarray, float]:
         """Decode one window -> logits (size^3, model space) and the predicted IoU."""
         volume = self.volume
         emb = self._embedding(window, timings)
@@ -244,8 +254,8 @@ class Segmenter:
         elif prompts.mask is not None:
             frac = torch.from_numpy(mask_to_window(prompts.mask, volume, window))
             kwargs["mask_input"] = _to_low_res((frac - 0.5) * 20.0, low_res_shape).to(self.device)
-        elif refine and window.center_lps in self._last_logits:
-            kwargs["mask_input"] = self._last_logits[window.center_lps]
+        elif previous is not None:  # refinement: the last prediction's logits in this window
+            kwargs["mask_input"] = previous
         if not kwargs:
             raise InputError("no prompt falls inside the model window; put the prompts closer together")
         # one click alone is ambiguous: a model trained for it offers several masks, and its IoU head picks one

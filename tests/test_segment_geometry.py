@@ -121,3 +121,24 @@ def test_paste_back_of_the_positive_region_only_gives_the_same_mask():
     assert values_small.size < values.size / 4
     assert full.sum() > 1000
     np.testing.assert_array_equal(small, full)
+
+
+def test_the_window_cache_stays_bounded_over_many_objects_and_keeps_what_refinement_needs():
+    from medsam3d.segmenter import MAX_CACHED_WINDOWS
+
+    volume, _ = sphere_volume("ras", extent_mm=260.0)
+    model = ThresholdModel()
+    seg = Segmenter(model=model)
+    seg.set_volume(volume)
+    centre = volume.lps_to_ijk(SPHERE_CENTER_LPS)
+    first = seg.predict(points=[centre])
+    steps = [np.round(np.array([a, b, 0.0]) / volume.spacing) for a in range(-100, 101, 40)
+             for b in range(-100, 101, 40)]  # 36 objects, every one 40 mm from its neighbours
+    for step in steps:
+        seg.predict(points=[centre + step])
+    assert model.encode_calls > MAX_CACHED_WINDOWS
+    assert len(seg._embeddings) <= MAX_CACHED_WINDOWS
+    last = seg.predict(points=[centre + steps[-1], centre + steps[-1] + [2, 0, 0]], labels=[1, 0], refine=True)
+    calls = model.encode_calls
+    assert last.windows[0].center_lps in seg._embeddings and calls == model.encode_calls  # refinement: cached
+    assert first.windows[0].center_lps not in seg._embeddings  # the oldest went first
