@@ -31,7 +31,7 @@ from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
 # encoded windows kept per scan: a new object gets its own window, so a long session on one scan would otherwise
-# keep every encoding it ever made (medsam3d-tiny: about 5 MB each, with its skip maps)
+# keep every encoding it ever made (medsam3d-tiny: 128 x 8^3 + 64 x 16^3 + 32 x 32^3 floats, 5.5 MB each)
 MAX_CACHED_WINDOWS = 16
 
 

@@ -5,7 +5,7 @@ the mean Dice of ``medsam3d evaluate`` hides: voxels marked, the click's sign, w
     python scripts/probe_segmenter_clicks.py MODEL.yaml CHECKPOINT.pt --labels 100,101,112 [--clicks 5]
         [--dataset data/public/Dataset201_TotalSegCT] [--case ts_ct_dicom] [--fresh]
 
-Each structure starts with ``forget_previous`` as in the evaluator; ``--fresh`` also empties the window cache
+Each structure runs through the evaluator's own ``run_protocol``; ``--fresh`` also empties the window cache
 first, so that each structure is segmented as if it were the first of the scan (the evaluator's order reuses
 windows). This is the probe behind docs/experiments/README.md, run (d).
 """
@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsam3d.evaluation.metrics import dice
-from medsam3d.evaluation.protocol import deepest_point, next_click, targets_from_labels
+from medsam3d.evaluation.evaluate import run_protocol
+from medsam3d.evaluation.methods import ModelMethod
+from medsam3d.evaluation.protocol import targets_from_labels
 from medsam3d.io import read_volume
 from medsam3d.segmenter import Segmenter
 
@@ -42,6 +43,7 @@ def main() -> None:
     label_map = read_volume(args.dataset / "labelsTr" / f"{args.case}.nii.gz").array
     seg = Segmenter(args.model, checkpoint=args.checkpoint)
     seg.set_volume(volume)
+    method = _RecordingModel(seg, "model")
     for value in (int(v) for v in args.labels.split(",")):
         found = targets_from_labels(np.where(label_map == value, value, 0), volume.spacing, names, 0.0)
         if not found:
@@ -50,22 +52,25 @@ def main() -> None:
         target = found[0].mask
         if args.fresh:
             seg.set_volume(volume)
-        seg.forget_previous()
         print(f"{names.get(value, value)} ({value}): {int(target.sum())} voxels")
-        points, signs, pred = [deepest_point(target, volume.spacing)], [1], None
-        for k in range(1, args.clicks + 1):
-            if k > 1:
-                click = next_click(pred, target, volume.spacing)
-                if click is None:
-                    break
-                points.append(click[0])
-                signs.append(click[1])
-            result = seg.predict(points=np.asarray(points, dtype=float).tolist(), labels=signs, refine=k > 1)
-            pred = result.mask.array > 0
-            print(f"  click {k} ({'+' if signs[-1] else '-'}): {int(pred.sum())} voxels marked, "
-                  f"Dice {dice(pred, target):.3f}, {len(result.windows)} window(s), "
+        out = run_protocol(method, target, volume.spacing, list(range(1, args.clicks + 1)), tolerance_mm=2.0)
+        for k, (result, click) in enumerate(zip(method.results, out["clicks"]), start=1):
+            print(f"  click {k} ({'+' if click[3] else '-'}): {int(result.mask.array.sum())} voxels marked, "
+                  f"Dice {out['dice'][str(k)]:.3f}, {len(result.windows)} window(s), "
                   f"predicted IoU {', '.join(f'{i:.2f}' for i in result.iou)}")
 
+
+class _RecordingModel(ModelMethod):
+    """The evaluator's model method, keeping every click's ``Segmenter`` result of the current target."""
+
+    def start_target(self) -> None:
+        super().start_target()
+        self.results = []
+
+    def predict(self, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        mask = super().predict(points, labels)
+        self.results.append(self.last_result)
+        return mask
 
 if __name__ == "__main__":
     main()

@@ -74,15 +74,20 @@ def test_api_entry_point_and_refinement_reuse_the_cached_window():
     assert dice(second.mask.array, truth) >= 0.95
 
 
-def test_a_new_object_reuses_a_cached_window_only_near_its_centre_and_a_refinement_keeps_its_window():
-    """A new click 60 mm (40 window voxels) off the centre of the cached window is inside it but gets its own
-    window, as does one 20 mm off, one 6 mm off reuses it, and a refinement click 60 mm off stays in the window of
-    the previous logits."""
+def _segmenter_on_a_large_scan():
+    """A 260 mm RAS sphere volume behind a Segmenter with the threshold stand-in -> (volume, model, seg, centre)."""
     volume, _ = sphere_volume("ras", extent_mm=260.0)
     model = ThresholdModel()
     seg = Segmenter(model=model)
     seg.set_volume(volume)
-    centre = volume.lps_to_ijk(SPHERE_CENTER_LPS)
+    return volume, model, seg, volume.lps_to_ijk(SPHERE_CENTER_LPS)
+
+
+def test_a_new_object_reuses_a_cached_window_only_near_its_centre_and_a_refinement_keeps_its_window():
+    """A new click 60 mm (40 window voxels) off the centre of the cached window is inside it but gets its own
+    window, as does one 20 mm off, one 6 mm off reuses it, and a refinement click 60 mm off stays in the window of
+    the previous logits."""
+    volume, model, seg, centre = _segmenter_on_a_large_scan()
     first = seg.predict(points=[centre])
     assert model.encode_calls == 1
     mm_per_voxel = volume.spacing  # RAS geometry: index axes are the model's axes
@@ -126,11 +131,7 @@ def test_paste_back_of_the_positive_region_only_gives_the_same_mask():
 def test_the_window_cache_stays_bounded_over_many_objects_and_keeps_what_refinement_needs():
     from medsam3d.segmenter import MAX_CACHED_WINDOWS
 
-    volume, _ = sphere_volume("ras", extent_mm=260.0)
-    model = ThresholdModel()
-    seg = Segmenter(model=model)
-    seg.set_volume(volume)
-    centre = volume.lps_to_ijk(SPHERE_CENTER_LPS)
+    volume, model, seg, centre = _segmenter_on_a_large_scan()
     first = seg.predict(points=[centre])
     steps = [np.round(np.array([a, b, 0.0]) / volume.spacing) for a in range(-100, 101, 40)
              for b in range(-100, 101, 40)]  # 36 objects, every one 40 mm from its neighbours

@@ -29,6 +29,7 @@ class Method(Protocol):
 class ModelMethod:
     def __init__(self, segmenter, name: str) -> None:
         self.segmenter, self.name = segmenter, name
+        self.last_result = None  # the Segmenter's Result for the latest click (windows, IoU; probes read it)
 
     def reset(self, volume: Volume) -> None:
         self.segmenter.set_volume(volume)
@@ -38,8 +39,8 @@ class ModelMethod:
 
     def predict(self, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
         refine = len(points) > 1  # the previous click's low-res logits go back in as the mask prompt
-        result = self.segmenter.predict(points=points.tolist(), labels=labels.tolist(), refine=refine)
-        return result.mask.array > 0
+        self.last_result = self.segmenter.predict(points=points.tolist(), labels=labels.tolist(), refine=refine)
+        return self.last_result.mask.array > 0
 
 
 class RegionGrowing:

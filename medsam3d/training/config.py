@@ -36,8 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.01,
         "warmup": 10,
         "clicks": 5,  # simulated clicks per sample: the first inside the target, the rest on errors
-        # clicks that carry the loss: the first and a random draw of the others, which run without gradients
-        # (a forward pass costs about a third of a trained one). None: every click
+        # clicks that carry the loss: the first and a random draw of the others; the rest are decoded without
+        # gradients. None: every click
         "loss_clicks": None,
         "box_prob": 0.0,  # chance a sample's first prompt is a 3D box (models that take boxes)
         "central_click_prob": 0.0,  # chance a simulated click is the protocol's deepest point, not a random voxel

@@ -29,8 +29,8 @@ class InteractiveStep(nn.Module):
         self.model = model
         self.clicks = clicks
         # the decoder must see as many clicks in training as the protocol gives it (10): beyond the clicks it was
-        # trained on, the run (c) weights turned a spleen at Dice 0.78 into a speck. Decoding them all costs
-        # little; back-propagating through them all does not, so only ``loss_clicks`` of them carry the loss
+        # trained on, the run (c) weights turned a spleen at Dice 0.78 into a speck. All are decoded; only
+        # ``loss_clicks`` of them carry the loss, so back-propagation need not go through every one
         self.loss_clicks = clicks if not loss_clicks else max(1, min(int(loss_clicks), clicks))
         self.box_prob = box_prob if getattr(model.config, "box_prompts", False) else 0.0
         self.down = max(int(loss_downsample), 1)
