@@ -8,7 +8,10 @@
 #   totalsegmentator-2.18.0.tar.gz                 PyPI source package (pip download --no-binary)
 #   nilearn-0.14.1-py3-none-any.whl                PyPI wheel
 #   mricron-data_1.2.20211006+dfsg-4_all.deb       Debian package (apt-get download; needs `apt-get update` once)
-# then runs scripts/prepare_public_data.py, which writes data/public/Dataset20{1,2,3}_*/, data/public/manifest.json
+#   pyradiomics-3.1.0.tar.gz                       PyPI source package, fetched with curl from its PyPI file URL
+#                                                  (pip download --no-binary would try to build numpy)
+#   slicerio-1.4.0-py3-none-any.whl                PyPI wheel
+# then runs scripts/prepare_public_data.py, which writes data/public/Dataset20{1..6}_*/, data/public/manifest.json
 # and the bundled example data/example_ct_sm{,_liver}.nii.gz. Safe to run again: the result is the same.
 set -euo pipefail
 
@@ -23,6 +26,18 @@ NL_FILE="nilearn-0.14.1-py3-none-any.whl"
 NL_SHA="725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a"
 MR_FILE="mricron-data_1.2.20211006+dfsg-4_all.deb"
 MR_SHA="d40aa0ed66cf89bf6cafa049ad3884703c9d975c2ee2737525b7196528df9d6f"
+PR_FILE="pyradiomics-3.1.0.tar.gz"
+PR_SHA="24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4"
+# from https://pypi.org/simple/pyradiomics/ (the sdist of 3.1.0; the sha256 above is the one PyPI lists for it)
+PR_URL="https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2"
+PR_URL="$PR_URL/$PR_FILE"
+SL_FILE="slicerio-1.4.0-py3-none-any.whl"
+SL_SHA="ae3432ee06386bfe3b2e8d2d07940411fcbaefab8ed89a3853ee9c5ac19e296b"
+
+# download FILE URL: curl URL into FILE (in the current folder) by way of FILE.part, so no partial FILE is left.
+download() {
+    curl --fail --silent --show-error --location --retry 3 --output "$1.part" "$2" && mv "$1.part" "$1"
+}
 
 # fetch FILE COMMAND...: run COMMAND in $DL unless FILE is already there; fail if FILE is still missing.
 fetch() {
@@ -43,11 +58,15 @@ fetch "$TS_FILE" "$PYTHON" -m pip download --quiet --no-deps --no-binary totalse
 fetch "$NL_FILE" "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: nilearn==0.14.1 -d .
 fetch "$MR_FILE" apt-get download -q mricron-data=1.2.20211006+dfsg-4 \
     || { echo "hint: apt-get download needs package lists: run 'apt-get update' once" >&2; exit 1; }
+fetch "$PR_FILE" download "$PR_FILE" "$PR_URL"
+fetch "$SL_FILE" "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: slicerio==1.4.0 -d .
 
 (cd "$DL" && sha256sum --check --quiet - <<EOF
 $TS_SHA  $TS_FILE
 $NL_SHA  $NL_FILE
 $MR_SHA  $MR_FILE
+$PR_SHA  $PR_FILE
+$SL_SHA  $SL_FILE
 EOF
 ) || { echo "error: checksum mismatch in $DL (delete the file and run again)" >&2; exit 1; }
 echo "checksums OK"

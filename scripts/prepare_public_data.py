@@ -7,17 +7,24 @@ Inputs (in --downloads; fetched from package registries only):
   totalsegmentator-2.18.0.tar.gz            tests/reference_files: CT/MR examples + TotalSegmentator label maps
   nilearn-0.14.1-py3-none-any.whl           ICBM152 2009a T1 template + grey/white matter probability maps
   mricron-data_1.2.20211006+dfsg-4_all.deb  Colin27 T1 (ch2) + the AAL atlas (116 regions) on the same grid
+  pyradiomics-3.1.0.tar.gz                  data/: lung CTs and brain MRs, one lesion each (its test cases)
+  slicerio-1.4.0-py3-none-any.whl           slicerio/data/: a small chest CT + a Slicer segmentation of it
 
 Outputs:
   OUT/Dataset201_TotalSegCT   ts_ct, ts_ct_sm, ts_ct_dicom, ts_cta   (labels: TotalSegmentator "total" v2 map)
   OUT/Dataset202_TotalSegMR   ts_mr_sm                              (labels: "total_mr" map)
   OUT/Dataset203_BrainMR      icbm152 (grey/white matter, CSF), colin27 (AAL regions, values + 3)
+  OUT/Dataset204_LesionCT     lung1, lung2                          (1 = lesion)
+  OUT/Dataset205_LesionMR     brain1, brain2                        (1 = lesion)
+  OUT/Dataset206_ChestCT      slicer_ctchest4                       (ribs, spine parts, lungs; 'tissue' left out)
   OUT/manifest.json           every case: source, license, labels, shape, spacing, held-out flag
   data/example_ct_sm.nii.gz + data/example_ct_sm_liver.nii.gz   the bundled example (committed)
 
 Images keep their own geometry. A label map is written on its image's exact grid: as is when the grids agree,
 by lossless nearest-neighbour resampling when the voxel centres coincide (flipped axes, a crop), otherwise the
-pair is skipped with a warning. Held-out cases come from configs/data/public_split.json.
+pair is skipped with a warning. The pyradiomics lesion masks must be on their image's grid (up to a header
+difference of a hundredth of a voxel), else the script stops. The Slicer segmentation is resampled (nearest
+neighbour, physical coordinates) onto its CT's grid. Held-out cases come from configs/data/public_split.json.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import ast
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +75,15 @@ MRICRON = Source("mricron-data", "Debian bookworm (apt-get download)", "1.2.2021
                  "BSD-3-clause per the package's copyright file (Files: *, Chris Rorden), which states no separate "
                  "terms for AAL or Colin27; see data/README.md")
 
+PYRADIOMICS = Source("pyradiomics", "PyPI (source package, fetched by its file URL)", "3.1.0",
+                     "pyradiomics-3.1.0.tar.gz",
+                     "BSD-3-Clause (pyradiomics, Copyright 2017 Harvard Medical School); the package does not say "
+                     "where its test scans come from; see data/README.md")
+SLICERIO = Source("slicerio", "PyPI (wheel)", "1.4.0", "slicerio-1.4.0-py3-none-any.whl",
+                  "MIT (slicerio, Copyright (c) 2021 Andras Lasso); the package does not say where CTChest4.nrrd "
+                  "comes from; see data/README.md")
+SOURCES = (TOTALSEG, NILEARN, MRICRON, PYRADIOMICS, SLICERIO)
+
 TS_DIR = "totalsegmentator-2.18.0"
 TS_REF = f"{TS_DIR}/tests/reference_files"
 TS_LABEL_NOTE = ("TotalSegmentator model output kept as a reference file of its test suite "
@@ -80,6 +97,20 @@ CTA_EXTRA_LABELS = {"celiac_trunk": 118, "superior_mesenteric_artery": 119}  # n
 BONE_PREFIXES = ("vertebrae_", "rib_", "sacrum", "hip_", "femur_", "sternum", "skull", "humerus_", "scapula_")
 MIN_BONE_HU = 150.0  # mean HU inside bone labels below this means image and label are misaligned
 AAL_OFFSET = 3  # Dataset203: 1-3 are the ICBM152 tissue classes, AAL region k is written as k + 3
+
+PR_DIR = "pyradiomics-3.1.0"
+# pyradiomics' test cases used (breast1, a 45x120x21 crop with a 0.1 ml lesion, is left out): case -> what it is
+LESION_CASES = {
+    "CT": {"lung1": "chest CT, 5 mm slices; one small lung nodule (right of the mediastinum)",
+           "lung2": "chest CT, 5 mm slices; one solid tumour in the posterior left lung"},
+    "MR": {"brain1": "contrast-enhanced T1 brain MR, 6.5 mm slices; one enhancing tumour (left, at the convexity)",
+           "brain2": "contrast-enhanced T1 brain MR, 6.5 mm slices; one small lesion (left, level of the orbits)"},
+}
+MAX_HEADER_DIFF_VOXELS = 0.01  # a lesion mask whose grid is off by less than this is resampled (nearest neighbour)
+SLICERIO_DATA = "slicerio/data"
+# Slicer segments that outline the body rather than a structure (also left out: any holding most labelled voxels)
+BODY_SEGMENTS = ("tissue", "body", "skin", "body outline", "outline")
+MAX_LUNG_HU = -500.0  # mean HU inside a lung label above this means image and label are misaligned
 
 
 def warn(message: str) -> None:
@@ -110,7 +141,8 @@ def _extract_once(dest: Path, extract: Callable[[Path], None]) -> Path:
 
 
 def extract_sources(downloads: Path) -> dict[str, Path]:
-    """Unpack the parts of the three archives that are used -> {"totalseg", "nilearn", "mricron"}: roots."""
+    """Unpack the parts of the archives that are used -> {"totalseg", "nilearn", "mricron", "pyradiomics",
+    "slicerio"}: roots."""
     root = downloads / "extracted"
 
     def untar(tmp: Path) -> None:
@@ -129,9 +161,29 @@ def extract_sources(downloads: Path) -> dict[str, Path]:
     def undeb(tmp: Path) -> None:
         subprocess.run(["dpkg-deb", "-x", str(downloads / MRICRON.archive), str(tmp)], check=True)
 
+    def untar_pyradiomics(tmp: Path) -> None:
+        wanted = {f"{PR_DIR}/LICENSE.txt", f"{PR_DIR}/data/README.md"} | {
+            f"{PR_DIR}/data/{case}_{kind}.nrrd" for cases in LESION_CASES.values() for case in cases
+            for kind in ("image", "label")}
+        with tarfile.open(downloads / PYRADIOMICS.archive) as tar:
+            members = [m for m in tar.getmembers() if m.name in wanted]
+            missing = wanted - {m.name for m in members}
+            if missing:
+                raise RuntimeError(f"{PYRADIOMICS.archive} lacks {sorted(missing)}")
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, members=members, **safe)
+
+    def unzip_slicerio(tmp: Path) -> None:
+        wanted = (f"{SLICERIO_DATA}/CTChest4.nrrd", f"{SLICERIO_DATA}/Segmentation.seg.nrrd",
+                  "slicerio-1.4.0.dist-info/licenses/LICENSE")
+        with zipfile.ZipFile(downloads / SLICERIO.archive) as whl:
+            whl.extractall(tmp, members=list(wanted))
+
     return {"totalseg": _extract_once(root / "totalsegmentator-2.18.0", untar) / TS_DIR,
             "nilearn": _extract_once(root / "nilearn-0.14.1", unzip),
-            "mricron": _extract_once(root / "mricron-data", undeb)}
+            "mricron": _extract_once(root / "mricron-data", undeb),
+            "pyradiomics": _extract_once(root / "pyradiomics-3.1.0", untar_pyradiomics) / PR_DIR,
+            "slicerio": _extract_once(root / "slicerio-1.4.0", unzip_slicerio)}
 
 
 def read_class_maps(map_to_binary: Path) -> dict[str, dict[int, str]]:
@@ -387,6 +439,168 @@ def brain_mr_cases(nilearn_root: Path, mricron_root: Path) -> list[Case]:
     return [c for c in cases if c is not None]
 
 
+def volume_ml(label: sitk.Image, value: Optional[int] = None) -> float:
+    """Volume of ``label == value`` (of all non-zero voxels when ``value`` is None) in ml."""
+    array = sitk.GetArrayViewFromImage(label)
+    count = np.count_nonzero(array if value is None else array == value)
+    return float(count * np.prod(label.GetSpacing()) / 1000.0)
+
+
+def grid_offset_voxels(label: sitk.Image, image: sitk.Image) -> float:
+    """Largest distance, in ``label`` voxels along any axis, between a corner voxel centre of ``image`` and the
+    same index of ``label`` (in physical space); inf when the sizes differ."""
+    if label.GetSize() != image.GetSize():
+        return float("inf")
+    size = image.GetSize()
+    corners = [(i, j, k) for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+    return float(max(np.abs(np.subtract(
+        label.TransformPhysicalPointToContinuousIndex(image.TransformIndexToPhysicalPoint(c)), c)).max()
+        for c in corners))
+
+
+def lesion_label_on_grid(case_id: str, label: sitk.Image, image: sitk.Image) -> tuple[sitk.Image, str]:
+    """A pyradiomics lesion mask on its image's grid -> (mask, how). Stops the script when the grids differ
+    by more than MAX_HEADER_DIFF_VOXELS."""
+    if same_grid(label, image):
+        return label, "same grid"
+    offset = grid_offset_voxels(label, image)
+    if offset >= MAX_HEADER_DIFF_VOXELS:
+        raise RuntimeError(f"{case_id}: label grid differs from the image's (size {label.GetSize()} vs "
+                           f"{image.GetSize()}, largest voxel-centre offset {offset:.3g} voxels)")
+    out = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    if foreground_voxels(out) != foreground_voxels(label):
+        raise RuntimeError(f"{case_id}: resampling the label onto the image grid changed its voxel count")
+    return out, f"nearest-neighbour resampling onto the image grid (headers differed by {offset:.2g} voxels)"
+
+
+def lesion_cases(pyradiomics_root: Path, modality: str) -> list[Case]:
+    """Dataset204 (CT) / Dataset205 (MR): pyradiomics' test scans, each with one lesion mask (written as 1)."""
+    cases = []
+    for case_id, what in LESION_CASES[modality].items():
+        files = {"image": f"{PR_DIR}/data/{case_id}_image.nrrd", "label": f"{PR_DIR}/data/{case_id}_label.nrrd"}
+        image = sitk.ReadImage(str(pyradiomics_root / "data" / f"{case_id}_image.nrrd"))
+        label = sitk.ReadImage(str(pyradiomics_root / "data" / f"{case_id}_label.nrrd"))
+        label, how = lesion_label_on_grid(case_id, label, image)
+        values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(label)) if v != 0]
+        if len(values) != 1:
+            raise RuntimeError(f"{case_id}: expected one lesion value in its mask, found {values}")
+        lesion = sitk.Cast(sitk.NotEqual(label, 0), sitk.sitkUInt8)
+        lesion.CopyInformation(image)
+        inside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(lesion) > 0]
+        unit = " HU" if modality == "CT" else ""
+        case = make_case(case_id, f"pyradiomics_{case_id}", modality, image, lesion, PYRADIOMICS, files,
+                         [what, f"lesion: {volume_ml(lesion):.2f} ml, mean intensity {inside.mean():.0f}{unit} (mask "
+                          f"value {values[0]}, written as 1)",
+                          "pyradiomics test case (its feature-extraction baseline); the scan's origin is not stated"])
+        if case is None:
+            raise RuntimeError(f"{case_id}: the lesion mask could not be matched to the image")
+        case.label_geometry = how
+        cases.append(case)
+    return cases
+
+
+def read_slicer_segments(path: Path) -> tuple[sitk.Image, list[dict]]:
+    """A 3D Slicer ``.seg.nrrd`` -> (its labelmap layers: a scalar or vector image, one component per layer;
+    its segments in file order as {"index", "id", "name", "layer", "value"})."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    layers = reader.Execute()
+
+    def field_(index: int, key: str, default: Optional[str] = None) -> Optional[str]:
+        name = f"Segment{index}_{key}"
+        return reader.GetMetaData(name).strip() if reader.HasMetaDataKey(name) else default
+
+    segments, index = [], 0
+    while reader.HasMetaDataKey(f"Segment{index}_ID"):
+        # Files without Layer/LabelValue fields (Slicer < 4.11) hold each segment in its own layer, as value 1.
+        segments.append({"index": index, "id": field_(index, "ID"), "name": field_(index, "Name", field_(index, "ID")),
+                         "layer": int(field_(index, "Layer", str(index))),
+                         "value": int(field_(index, "LabelValue", "1"))})
+        index += 1
+    if not segments:
+        raise RuntimeError(f"{path.name}: no Segment0_ID field: not a Slicer segmentation")
+    if layers.GetDimension() != 3:
+        raise RuntimeError(f"{path.name}: {layers.GetDimension()}D image, expected 3D with layers as components")
+    return layers, segments
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def chest_ct_case(slicerio_root: Path) -> tuple[Case, dict[str, int]]:
+    """Dataset206: slicerio's CTChest4 with its Slicer segmentation (body outline left out) -> (case, labels)."""
+    data = slicerio_root / SLICERIO_DATA
+    ct = sitk.ReadImage(str(data / "CTChest4.nrrd"))
+    layers, segments = read_slicer_segments(data / "Segmentation.seg.nrrd")
+    n_layers = layers.GetNumberOfComponentsPerPixel()
+
+    def layer(i: int) -> np.ndarray:
+        if i >= n_layers:
+            raise RuntimeError(f"Segmentation.seg.nrrd: layer {i} of {n_layers}")
+        return sitk.GetArrayFromImage(layers if n_layers == 1 else sitk.VectorIndexSelectionCast(layers, i))
+
+    masks = {s["index"]: layer(s["layer"]) == s["value"] for s in segments}
+    total = sum(int(m.sum()) for m in masks.values())
+    kept, notes = [], []
+    for s in segments:
+        share = masks[s["index"]].sum() / total
+        if s["name"].lower() in BODY_SEGMENTS or share > 0.5:
+            notes.append(f"segment '{s['name']}' ({share:.0%} of the labelled voxels) left out: body outline")
+        elif not masks[s["index"]].any():
+            notes.append(f"segment '{s['name']}' left out: empty")
+        else:
+            kept.append(s)
+    combined = np.zeros(masks[0].shape, np.uint8)
+    overlap = 0
+    for value, s in enumerate(kept, 1):  # later segments win where segments of different layers overlap
+        overlap += int(np.count_nonzero(combined[masks[s["index"]]]))
+        combined[masks[s["index"]]] = value
+    if overlap:
+        notes.append(f"{overlap} voxels in more than one segment: the later segment's label kept")
+    label = sitk.GetImageFromArray(combined)
+    label.CopyInformation(layers)
+
+    matched, how = match_label(label, ct, allow_interpolation=True)
+    if matched is None:  # labelled voxels outside the CT's extent: keep the part inside it
+        matched = sitk.Resample(label, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+        how = f"nearest-neighbour resampling onto the CT grid ({how}; those are dropped)"
+    labels = {"background": 0} | {snake_case(s["name"]): v for v, s in enumerate(kept, 1)}
+    if len(labels) != len(kept) + 1:
+        raise RuntimeError(f"Segmentation.seg.nrrd: segment names clash in snake case: {[s['name'] for s in kept]}")
+
+    # Alignment and orientation checks: bones dense, lungs air-filled, the right lung on the patient's right.
+    image, lab = sitk.GetArrayViewFromImage(ct), sitk.GetArrayViewFromImage(matched)
+    centre_x = {}
+    for name, value in labels.items():
+        if value == 0:
+            continue
+        mask = lab == value
+        if not mask.any():
+            raise RuntimeError(f"slicer_ctchest4: segment {name} is empty on the CT's grid")
+        hu = float(image[mask].mean())
+        if (("rib" in name or "vertebra" in name) and hu < MIN_BONE_HU) or ("lung" in name and hu > MAX_LUNG_HU):
+            raise RuntimeError(f"slicer_ctchest4: mean HU in {name} is {hu:.0f}: image and label misaligned")
+        centre_x[name] = ct.TransformContinuousIndexToPhysicalPoint(
+            [float(c) for c in np.argwhere(mask).mean(0)[::-1]])[0]  # LPS x: larger is further left
+        notes.append(f"{name} = {value}: {volume_ml(matched, value):.1f} ml, mean {hu:.0f} HU")
+    if {"right_lung", "left_lung"} <= set(centre_x) and not centre_x["right_lung"] < centre_x["left_lung"]:
+        raise RuntimeError("slicer_ctchest4: the right lung is not on the patient's right")
+    kept_desc = ", ".join(f"{s['name']} (Segment{s['index']}, layer {s['layer']}, value {s['value']})" for s in kept)
+    case = make_case("slicer_ctchest4", "slicer_ctchest4", "CT", ct, matched, SLICERIO,
+                     {"image": f"{SLICERIO_DATA}/CTChest4.nrrd",
+                      "label": f"{SLICERIO_DATA}/Segmentation.seg.nrrd: {kept_desc}"},
+                     ["chest CT (128x128x34, 3.05x3.05x10 mm; -3024 outside the reconstruction circle); its name "
+                      "suggests a reduced copy of 3D Slicer's CTChest sample, which the package does not state",
+                      ("labels: the Slicer segmentation's segments, renumbered in file order; status "
+                       "'inprogress' in the file: a demonstration segmentation, not a clinical annotation")]
+                     + notes)
+    if case is None:
+        raise RuntimeError("slicer_ctchest4: the segmentation could not be put on the CT's grid")
+    case.label_geometry = how
+    return case, labels
+
+
 # ------------------------------------------------------------------------------------------------- writing
 
 
@@ -475,7 +689,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--example-dir", type=Path, default=REPO / "data", help="where the bundled example goes")
     args = parser.parse_args(argv)
 
-    missing = [s.archive for s in (TOTALSEG, NILEARN, MRICRON) if not (args.downloads / s.archive).is_file()]
+    missing = [s.archive for s in SOURCES if not (args.downloads / s.archive).is_file()]
     if missing:
         sys.exit(f"missing in {args.downloads}: {', '.join(missing)} (run scripts/fetch_public_data.sh)")
     heldout = set(json.loads(SPLIT_FILE.read_text())["heldout"])
@@ -507,6 +721,23 @@ def main(argv: Optional[list[str]] = None) -> None:
         {"background": 0, "grey_matter": 1, "white_matter": 2, "csf": 3}
         | {n: k + AAL_OFFSET for k, n in sorted(aal.items())},
         brain_mr_cases(roots["nilearn"], roots["mricron"]), heldout, args.downloads)
+    lesion = {"background": 0, "lesion": 1}
+    print("Dataset204_LesionCT")
+    entries += write_dataset(
+        args.out, "Dataset204_LesionCT",
+        "pyradiomics 3.1.0 test cases: chest CTs with one lung lesion each (1 = lesion); origin not stated", "CT",
+        lesion, lesion_cases(roots["pyradiomics"], "CT"), heldout, args.downloads)
+    print("Dataset205_LesionMR")
+    entries += write_dataset(
+        args.out, "Dataset205_LesionMR",
+        "pyradiomics 3.1.0 test cases: contrast-enhanced T1 brain MRs with one lesion each (1 = lesion); origin "
+        "not stated", "MR", lesion, lesion_cases(roots["pyradiomics"], "MR"), heldout, args.downloads)
+    print("Dataset206_ChestCT")
+    chest, chest_labels = chest_ct_case(roots["slicerio"])
+    entries += write_dataset(
+        args.out, "Dataset206_ChestCT",
+        "slicerio 1.4.0 test data: chest CT (CTChest4) with its 3D Slicer segmentation (ribs, spine parts, lungs; "
+        "the body-outline segment 'tissue' left out)", "CT", chest_labels, [chest], heldout, args.downloads)
 
     unknown = heldout - {e["case_id"] for e in entries}
     if unknown:

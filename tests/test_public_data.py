@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "configs" / "data" / "public_split.json"
@@ -15,7 +16,15 @@ EXAMPLE_CT = REPO / "data" / "example_ct_sm.nii.gz"
 EXAMPLE_LIVER = REPO / "data" / "example_ct_sm_liver.nii.gz"
 PUBLIC = REPO / "data" / "public"
 MANIFEST = PUBLIC / "manifest.json"
+TRAIN_CONFIG = REPO / "configs" / "default" / "train.yaml"
 LABEL_TYPES = (sitk.sitkUInt8, sitk.sitkUInt16)
+DATASETS = ["Dataset201_TotalSegCT", "Dataset202_TotalSegMR", "Dataset203_BrainMR", "Dataset204_LesionCT",
+            "Dataset205_LesionMR", "Dataset206_ChestCT"]
+# pyradiomics' lesion cases: dataset, case, lesion volume range (ml), as documented in data/README.md
+LESIONS = [("Dataset204_LesionCT", "lung1", 1.0, 2.0), ("Dataset204_LesionCT", "lung2", 40.0, 60.0),
+           ("Dataset205_LesionMR", "brain1", 12.0, 20.0), ("Dataset205_LesionMR", "brain2", 1.2, 2.5)]
+CHEST_LABELS = {"background": 0, "ribs": 1, "cervical_vertebral_column": 2, "thoracic_vertebral_column": 3,
+                "lumbar_vertebral_column": 4, "right_lung": 5, "left_lung": 6}
 
 
 def geometry(image: sitk.Image) -> tuple:
@@ -38,12 +47,24 @@ def test_split_names_heldout_subjects():
     heldout = split["heldout"]
     assert isinstance(heldout, list) and heldout and all(isinstance(c, str) and c for c in heldout)
     assert len(set(heldout)) == len(heldout)
-    assert {"ts_ct_dicom", "colin27"} <= set(heldout)
+    assert {"ts_ct_dicom", "colin27", "lung1", "brain1", "brain2"} <= set(heldout)
     assert isinstance(split["notes"], str) and "ts_ct_sm" in split["notes"]
     subjects = split.get("subjects", {})
+    assert set(heldout) <= set(subjects), "every held-out case names its subject"
     trained_subjects = {s for c, s in subjects.items() if c not in heldout}
     for case in heldout:  # a held-out subject has no case on the training side
         assert subjects.get(case) not in trained_subjects, f"{case}'s subject also has a training case"
+    # the lesion and chest cases are distinct subjects, and a lung lesion stays on the training side
+    new = ["lung1", "lung2", "brain1", "brain2", "slicer_ctchest4"]
+    assert len({subjects[c] for c in new}) == len(new)
+    assert {"lung2", "slicer_ctchest4"}.isdisjoint(heldout)
+
+
+def test_default_train_config_uses_every_dataset_and_the_split():
+    data = yaml.safe_load(TRAIN_CONFIG.read_text())["data"]
+    assert [Path(r).name for r in data["roots"]] == DATASETS
+    assert all(Path(r).parent.name == "public" for r in data["roots"])
+    assert sorted(data["holdout"]) == sorted(load_split()["heldout"])
 
 
 def test_bundled_example_ct_and_liver_mask():
@@ -65,12 +86,24 @@ def manifest() -> dict:
     return json.loads(MANIFEST.read_text())
 
 
+def built(name: str) -> Path:
+    """data/public/NAME, or a skip when it has not been built."""
+    root = PUBLIC / name
+    if not (root / "dataset.json").is_file():
+        pytest.skip(f"{root.relative_to(REPO)} not built (run: bash scripts/fetch_public_data.sh)")
+    return root
+
+
 def test_manifest_cases_and_heldout_flags(manifest):
     heldout = set(load_split()["heldout"])
     ids = [c["case_id"] for c in manifest["cases"]]
     assert len(ids) == len(set(ids))
     assert heldout <= set(ids), f"held-out cases {heldout - set(ids)} missing from the manifest"
+    assert manifest["datasets"] == DATASETS, "stale build: run bash scripts/fetch_public_data.sh again"
+    subjects = load_split()["subjects"]
+    assert sorted(subjects) == sorted(ids), "the split's subjects must name every built case, and only those"
     for case in manifest["cases"]:
+        assert case["subject"] == subjects[case["case_id"]]
         assert case["heldout"] == (case["case_id"] in heldout)
         assert {"package", "version", "archive"} <= set(case["source"]) and case["license"]
         assert case["num_labels"] > 0 and len(case["shape"]) == 3 and len(case["spacing"]) == 3
@@ -104,3 +137,49 @@ def test_datasets_are_valid_nnunet_v2(manifest):
             values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - {0}
             assert values and values <= set(labels.values()), f"{name}/{case}: unknown label values"
             assert len(values) == by_case[case]["num_labels"]
+
+
+@pytest.mark.parametrize("dataset,case,low_ml,high_ml", LESIONS)
+def test_lesion_cases(dataset, case, low_ml, high_ml):
+    root = built(dataset)
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "lesion": 1}
+    assert meta["channel_names"] == {"0": "CT" if dataset.endswith("CT") else "MR"}
+    image = sitk.ReadImage(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+    label = sitk.ReadImage(str(root / "labelsTr" / f"{case}.nii.gz"))
+    assert geometry(label) == geometry(image) and label.GetPixelID() == sitk.sitkUInt8
+    mask = sitk.GetArrayViewFromImage(label)
+    assert set(np.unique(mask).tolist()) == {0, 1}
+    volume_ml = np.count_nonzero(mask) * np.prod(label.GetSpacing()) / 1000.0
+    assert low_ml <= volume_ml <= high_ml, f"{case}: lesion {volume_ml:.2f} ml"
+    if dataset.endswith("CT"):  # a lung lesion is soft tissue, not air: image and mask line up
+        assert sitk.GetArrayViewFromImage(image)[mask > 0].mean() > -400
+
+
+def test_chest_ct_segments():
+    root = built("Dataset206_ChestCT")
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["labels"] == CHEST_LABELS  # named from the Slicer segments, body outline ("tissue") left out
+    image = sitk.ReadImage(str(root / "imagesTr" / "slicer_ctchest4_0000.nii.gz"))
+    label = sitk.ReadImage(str(root / "labelsTr" / "slicer_ctchest4.nii.gz"))
+    assert geometry(label) == geometry(image)
+    assert image.GetSize() == (128, 128, 34)
+    np.testing.assert_allclose(image.GetSpacing(), (3.046876, 3.046876, 10.0), atol=1e-5)
+    hu, lab = sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(label)
+    voxel_ml = np.prod(label.GetSpacing()) / 1000.0
+    centre_x = {}
+    for name, value in CHEST_LABELS.items():
+        if value == 0:
+            continue
+        mask = lab == value
+        volume_ml = np.count_nonzero(mask) * voxel_ml
+        assert volume_ml > 50, f"{name}: {volume_ml:.0f} ml"
+        if name.endswith("lung"):
+            assert 1000 < volume_ml < 6000 and hu[mask].mean() < -500, name
+        else:  # ribs and spine: bone
+            assert hu[mask].mean() > 150, name
+        centre_x[name] = image.TransformContinuousIndexToPhysicalPoint(
+            [float(c) for c in np.argwhere(mask).mean(0)[::-1]])[0]
+    assert centre_x["right_lung"] < centre_x["left_lung"]  # LPS: the patient's right is -x
+    body = hu > -300  # with the body-outline segment kept, labels would cover nearly all of it (98%; 9% without)
+    assert np.count_nonzero(body & (lab > 0)) < 0.3 * np.count_nonzero(body), "a body-outline segment was kept"
