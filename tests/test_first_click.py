@@ -113,31 +113,36 @@ def test_rank_weight_adds_to_the_loss_only_for_the_multimask_click():
     assert np.isnan(single_info["rank_acc"])  # no multimask click, nothing ranked
 
 
-def test_interactive_step_follows_the_best_mask_into_the_next_click():
-    """With two clicks the second decode gets the lowest-loss mask of the first as its mask prompt."""
+@pytest.mark.parametrize("follow", ["best", "predicted"])
+def test_interactive_step_follows_the_chosen_mask_into_the_next_click(follow):
+    """With two clicks the second decode gets, as its mask prompt, the first's lowest-loss mask ("best") or the
+    one its IoU head scored highest ("predicted")."""
     from medsam3d.training.interactive import InteractiveStep
 
     model = _small_tiny(first_click_multimask=True)
+    image = torch.randn(1, 1, 64, 64, 64)
+    target = torch.zeros(1, 1, 64, 64, 64)
+    target[..., 10:30, 10:30, 10:30] = 1
+    soft = F.avg_pool3d(target, 2)
+    step = InteractiveStep(model, clicks=2, loss_downsample=2, follow=follow)
     seen = []
     decode = model.decode
 
     def spy(*args, **kwargs):
         low_res, iou = decode(*args, **kwargs)
-        seen.append((kwargs.get("mask_input"), low_res.detach()))
+        if kwargs.get("mask_input") is None:  # the first click: a head that scores the worst mask highest
+            logits = F.interpolate(low_res.detach(), size=(32,) * 3, mode="trilinear", align_corners=False)
+            iou = step._mask_losses(logits, soft)
+        seen.append((kwargs.get("mask_input"), low_res.detach(), iou.detach()))
         return low_res, iou
 
     model.decode = spy
-    image = torch.randn(1, 1, 64, 64, 64)
-    target = torch.zeros(1, 1, 64, 64, 64)
-    target[..., 10:30, 10:30, 10:30] = 1
-    step = InteractiveStep(model, clicks=2, loss_downsample=2)
     step(image, target, seed=3)
-    first_masks = seen[0][1]  # (1, 3, 16, 16, 16)
-    soft = F.avg_pool3d(target, 2)
-    logits = F.interpolate(first_masks, size=(32,) * 3, mode="trilinear", align_corners=False)
-    best = int(step._mask_losses(logits, soft).argmin(1))
-    assert first_masks.shape[1] == 3
-    assert torch.equal(seen[1][0], first_masks[:, best:best + 1])
+    first_masks, losses = seen[0][1], seen[0][2]  # (1, 3, 16, 16, 16), (1, 3)
+    best, worst = int(losses.argmin(1)), int(losses.argmax(1))
+    assert first_masks.shape[1] == 3 and best != worst
+    kept = best if follow == "best" else worst
+    assert torch.equal(seen[1][0], first_masks[:, kept:kept + 1])
 
 
 @pytest.mark.parametrize("refine", [False, True])

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         # clicks that carry the loss: the first and a random draw of the others; the rest are decoded without
         # gradients. None: every click
         "loss_clicks": None,
+        # the mask of a multimask decode that the next click follows: "best" (lowest loss) or "predicted" (the IoU
+        # head's pick, what inference keeps)
+        "follow": "best",
         "box_prob": 0.0,  # chance a sample's first prompt is a 3D box (models that take boxes)
         "central_click_prob": 0.0,  # chance a simulated click is the protocol's deepest point, not a random voxel
         "iou_rank_weight": 0.0,  # >0: listwise ranking loss on the IoU head's multimask scores (first click)

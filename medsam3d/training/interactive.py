@@ -24,8 +24,14 @@ class InteractiveStep(nn.Module):
 
     def __init__(self, model: nn.Module, clicks: int, box_prob: float = 0.0, loss_downsample: int = 1,
                  central_prob: float = 0.0, rank_weight: float = 0.0, rank_temperature: float = 0.05,
-                 loss_clicks: Optional[int] = None) -> None:
+                 loss_clicks: Optional[int] = None, follow: str = "best") -> None:
         super().__init__()
+        # which of a multimask decode's masks the next click is simulated on and gets back as its mask prompt:
+        # "best" the lowest-loss one (the one the loss is on), "predicted" the IoU head's pick, as Segmenter does,
+        # so training also meets the states a wrong pick leads to
+        if follow not in ("best", "predicted"):
+            raise ValueError(f"follow must be 'best' or 'predicted', not {follow!r}")
+        self.follow = follow
         self.model = model
         self.clicks = clicks
         # the decoder must see as many clicks in training as the protocol gives it (10): beyond the clicks it was
@@ -107,12 +113,13 @@ class InteractiveStep(nn.Module):
                     total = total + self.rank_weight * self._rank_loss(iou_pred, iou_true)
             if logits.shape[1] > 1:
                 ranked.append((iou_pred.detach().argmax(1) == iou_true.argmax(1)).float())
-            pred = masks[rows, best][:, None]  # (B, 1, s, s, s)
+            kept = iou_pred.detach().argmax(1) if self.follow == "predicted" else best  # (B,)
+            pred = masks[rows, kept][:, None]  # (B, 1, s, s, s)
             new_points, new_labels = error_clicks(pred.float(), hard.float(), gen, self.central_prob)
             new_points = self._to_full(new_points, gen)
             points = new_points if points is None else torch.cat([points, new_points], 1)
             labels = new_labels if labels is None else torch.cat([labels, new_labels], 1)
-            previous = low_res[rows, best][:, None].detach()
+            previous = low_res[rows, kept][:, None].detach()
         # parameters this sample did not use (box embeddings without a box) still get a (zero) gradient, so DDP
         # can reduce every bucket without find_unused_parameters
         unused = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0

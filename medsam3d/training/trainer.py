@@ -240,7 +240,8 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
     accum = max(int(t["grad_accum"]), 1)
     step_module = run.wrap(InteractiveStep(model, int(t["clicks"]), float(t["box_prob"]),
                                            int(t["loss_downsample"]), float(t["central_click_prob"]),
-                                           float(t["iou_rank_weight"]), loss_clicks=t["loss_clicks"]))
+                                           float(t["iou_rank_weight"]), loss_clicks=t["loss_clicks"],
+                                           follow=str(t["follow"])))
     dataset = run.dataset(model.config.img_size)
     batches = run.batches(dataset, (start - offset) * accum)
     loss_value = float("nan")
