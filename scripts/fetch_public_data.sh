@@ -8,7 +8,7 @@
 #   totalsegmentator-2.18.0.tar.gz                 PyPI source package (pip download --no-binary)
 #   nilearn-0.14.1-py3-none-any.whl                PyPI wheel
 #   mricron-data_1.2.20211006+dfsg-4_all.deb       Debian package (apt-get download; needs `apt-get update` once)
-#   pyradiomics-3.1.0.tar.gz                       PyPI source package, fetched with curl from its PyPI file URL
+#   pyradiomics-3.1.0.tar.gz                       PyPI source package, fetched by its PyPI file URL
 #                                                  (pip download --no-binary would try to build numpy)
 #   slicerio-1.4.0-py3-none-any.whl                PyPI wheel
 # then runs scripts/prepare_public_data.py, which writes data/public/Dataset20{1..6}_*/, data/public/manifest.json
@@ -34,9 +34,11 @@ PR_URL="$PR_URL/$PR_FILE"
 SL_FILE="slicerio-1.4.0-py3-none-any.whl"
 SL_SHA="ae3432ee06386bfe3b2e8d2d07940411fcbaefab8ed89a3853ee9c5ac19e296b"
 
-# download FILE URL: curl URL into FILE (in the current folder) by way of FILE.part, so no partial FILE is left.
+# download FILE URL: URL into FILE (in the current folder) by way of FILE.part, so no partial FILE is left.
+# Python, which this script needs anyway, rather than curl, which slim images lack.
 download() {
-    curl --fail --silent --show-error --location --retry 3 --output "$1.part" "$2" && mv "$1.part" "$1"
+    "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$2" "$1.part" \
+        && mv "$1.part" "$1"
 }
 
 # fetch FILE COMMAND...: run COMMAND in $DL unless FILE is already there; fail if FILE is still missing.

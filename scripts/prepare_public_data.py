@@ -488,7 +488,9 @@ def lesion_cases(pyradiomics_root: Path, modality: str) -> list[Case]:
         lesion.CopyInformation(image)
         inside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(lesion) > 0]
         unit = " HU" if modality == "CT" else ""
-        case = make_case(case_id, f"pyradiomics_{case_id}", modality, image, lesion, PYRADIOMICS, files,
+        # the two brain MRs may be one patient (configs/data/public_split.json): one subject
+        subject = "pyradiomics_brain" if modality == "MR" else f"pyradiomics_{case_id}"
+        case = make_case(case_id, subject, modality, image, lesion, PYRADIOMICS, files,
                          [what, f"lesion: {volume_ml(lesion):.2f} ml, mean intensity {inside.mean():.0f}{unit} (mask "
                           f"value {values[0]}, written as 1)",
                           "pyradiomics test case (its feature-extraction baseline); the scan's origin is not stated"])
@@ -751,4 +753,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as exc:  # a check on the data failed: say which, without a traceback
+        sys.exit(f"error: {exc}")

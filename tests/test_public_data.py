@@ -54,10 +54,10 @@ def test_split_names_heldout_subjects():
     trained_subjects = {s for c, s in subjects.items() if c not in heldout}
     for case in heldout:  # a held-out subject has no case on the training side
         assert subjects.get(case) not in trained_subjects, f"{case}'s subject also has a training case"
-    # the lesion and chest cases are distinct subjects, and a lung lesion stays on the training side
-    new = ["lung1", "lung2", "brain1", "brain2", "slicer_ctchest4"]
-    assert len({subjects[c] for c in new}) == len(new)
-    assert {"lung2", "slicer_ctchest4"}.isdisjoint(heldout)
+    # brain1 and brain2 may be one patient: one subject, so the check above keeps both out of training
+    assert subjects["brain1"] == subjects["brain2"]
+    assert len({subjects[c] for c in ["lung1", "lung2", "brain1", "slicer_ctchest4"]}) == 4
+    assert {"lung2", "slicer_ctchest4"}.isdisjoint(heldout)  # a lung lesion and the chest CT train
 
 
 def test_default_train_config_uses_every_dataset_and_the_split():
@@ -183,3 +183,58 @@ def test_chest_ct_segments():
     assert centre_x["right_lung"] < centre_x["left_lung"]  # LPS: the patient's right is -x
     body = hu > -300  # with the body-outline segment kept, labels would cover nearly all of it (98%; 9% without)
     assert np.count_nonzero(body & (lab > 0)) < 0.3 * np.count_nonzero(body), "a body-outline segment was kept"
+
+
+# --------------------------------------------------------------- the preparation's own checks, on synthetic files
+def prepare_module():
+    """scripts/prepare_public_data.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("prepare_public_data", REPO / "scripts" / "prepare_public_data.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image(origin=(0.0, 0.0, 0.0), value=0) -> sitk.Image:
+    image = sitk.Image([12, 10, 8], sitk.sitkUInt8)
+    image.SetSpacing((0.7, 0.7, 5.0))
+    image.SetOrigin(origin)
+    if value:
+        image[4:7, 3:6, 2:4] = value
+    return image
+
+
+def test_a_lesion_mask_off_its_image_grid_is_resampled_only_within_a_hundredth_of_a_voxel():
+    prepare = prepare_module()
+    image = _image()
+    same, how = prepare.lesion_label_on_grid("case", _image(value=2), image)
+    assert how == "same grid"
+    nudged, how = prepare.lesion_label_on_grid("case", _image((0.7 * 0.005, 0.0, 0.0), value=2), image)
+    assert how.startswith("nearest-neighbour") and geometry(nudged) == geometry(image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(nudged), sitk.GetArrayFromImage(same))
+    with pytest.raises(RuntimeError, match="largest voxel-centre offset 0.5 voxels"):
+        prepare.lesion_label_on_grid("case", _image((0.35, 0.0, 0.0), value=2), image)
+
+
+def test_slicer_segments_are_read_from_the_seg_nrrd_header(tmp_path):
+    prepare = prepare_module()
+    layers = _image(value=3)
+    layers[0:2, 0:2, 0:2] = 7
+    fields = {"Segment0_ID": "Segment_1", "Segment0_Name": "left lung", "Segment0_LabelValue": "3",
+              "Segment0_Layer": "0", "Segment1_ID": "Segment_2", "Segment1_Name": "Ribs",
+              "Segment1_LabelValue": "7", "Segment1_Layer": "0"}
+    for key, value in fields.items():
+        layers.SetMetaData(key, value)
+    path = tmp_path / "Segmentation.seg.nrrd"
+    sitk.WriteImage(layers, str(path))
+    image, segments = prepare.read_slicer_segments(path)
+    assert geometry(image) == geometry(layers)
+    assert [(s["name"], s["layer"], s["value"]) for s in segments] == [("left lung", 0, 3), ("Ribs", 0, 7)]
+    assert prepare.snake_case(segments[0]["name"]) == "left_lung"
+    plain = tmp_path / "plain.nrrd"
+    sitk.WriteImage(_image(value=1), str(plain))
+    with pytest.raises(RuntimeError, match="not a Slicer segmentation"):
+        prepare.read_slicer_segments(plain)

@@ -37,6 +37,15 @@ def test_config_overrides_and_unknown_keys(tmp_path):
     bad.write_text("trian: {steps: 3}\n")
     with pytest.raises(ValueError, match="unknown config key 'trian'"):
         load_config(bad)
+    with pytest.raises(ValueError, match="train.follow must be best or predicted, not 'head'"):
+        load_config(REPO / "configs/smoke/train.yaml", ["train.follow=head"])
+
+
+def test_a_held_out_case_that_is_not_there_is_an_error_not_trained_on(toy, tmp_path):
+    _, records = preprocess([toy], tmp_path / "cache", holdout=["toy_001"], log=lambda m: None)
+    assert [r["case_id"] for r in records] == ["toy_000", "toy_002"]
+    with pytest.raises(ValueError, match="held-out case.s. toy_01 not found in the data roots"):
+        preprocess([toy], tmp_path / "cache", holdout=["toy_01"], log=lambda m: None)
 
 
 def test_discover_nnunet_and_decathlon(toy, tmp_path):

@@ -114,4 +114,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str,
         if keys[-1] not in node and keys[-2:-1] != ["config"]:
             raise InputError(f"unknown config key {'.'.join(keys)!r}")
         node[keys[-1]] = value
+    if cfg["train"]["follow"] not in ("best", "predicted"):
+        raise InputError(f"train.follow must be best or predicted, not {cfg['train']['follow']!r}")
     return cfg

@@ -134,7 +134,11 @@ def _check_pair(case: Case) -> tuple[Optional[str], Optional[sitk.Image], Option
 def preprocess(roots: Sequence[str | Path], cache: str | Path, spacing: float = 1.5,
                holdout: Sequence[str] = (), log=print) -> tuple[Path, list[dict]]:
     """Preprocess every usable case of ``roots`` into ``cache`` (once); -> (cache folder, case records)."""
-    cases = [c for root in roots for c in discover(root) if c.case_id not in set(holdout)]
+    found = [c for root in roots for c in discover(root)]
+    unknown = sorted(set(holdout) - {c.case_id for c in found})
+    if unknown:  # a misspelt held-out case would otherwise be trained on without a word
+        raise InputError(f"held-out case(s) {', '.join(unknown)} not found in the data roots")
+    cases = [c for c in found if c.case_id not in set(holdout)]
     if not cases:
         raise InputError("no cases found in the data roots")
     settings = {"spacing": spacing}

@@ -104,7 +104,7 @@ class InteractiveStep(nn.Module):
                 inter = (masks & hard).flatten(2).sum(2).float()  # (B, M)
                 union = (masks | hard).flatten(2).sum(2).float().clamp(min=1)
                 losses = self._mask_losses(logits, soft)  # (B, M)
-            best = losses.detach().argmin(1)  # (B,): the mask the loss (and the next click) follows
+            best = losses.detach().argmin(1)  # (B,): the mask the loss is on (and, by default, the next click)
             rows = torch.arange(len(best), device=best.device)
             iou_true = inter / union  # (B, M)
             if click in trained:
