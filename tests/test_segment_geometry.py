@@ -143,3 +143,40 @@ def test_the_window_cache_stays_bounded_over_many_objects_and_keeps_what_refinem
     calls = model.encode_calls
     assert last.windows[0].center_lps in seg._embeddings and calls == model.encode_calls  # refinement: cached
     assert first.windows[0].center_lps not in seg._embeddings  # the oldest went first
+
+
+def test_a_refinement_that_needs_a_new_window_carries_the_last_answer_into_it():
+    """Clicks that no longer fit the last window move the refinement to a new one; there the decoder gets the last
+    prediction, shifted into the new window, as its mask prompt (without it, many clicks gave a speck)."""
+    volume, model, seg, centre = _segmenter_on_a_large_scan()
+    seen = []
+    decode = model.decode
+
+    def spy(embedding, **kwargs):
+        logits, iou = decode(embedding, **kwargs)
+        seen.append((logits, kwargs.get("mask_input")))
+        return logits, iou
+
+    model.decode = spy
+    first = seg.predict(points=[centre])
+    far = centre + np.round(np.array([110.0, 0, 0]) / volume.spacing)
+    assert not first.windows[0].contains(volume.ijk_to_lps(far), margin=16)
+    seen.clear()
+    refined = seg.predict(points=[centre, far], refine=True)
+    old, new = first.windows[0], refined.windows[0]
+    assert new != old
+    own, carried = seen[0]  # the new window's first decode: the stand-in's own answer there, and the mask prompt
+    assert carried is not None and carried.shape == own.shape == (1, 1, 32, 32, 32)
+    # low-res voxel j of the new window covers its voxels 4j..4j+3; where all of them lie in the old window the
+    # carried logits must say what the stand-in says from the new window, and nothing is carried from outside it
+    offset = np.rint(old.lps_to_voxel(new.origin_lps)).astype(int)  # new window voxel 0 in old window voxels
+    assert np.abs(offset).max() > 16
+    lo = np.arange(32) * 4
+    inside = [(lo + o >= 0) & (lo + 3 + o <= 127) for o in offset]
+    outside = [(lo + 3 + o < 0) | (lo + o > 127) for o in offset]
+    overlap = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    beyond = outside[0][:, None, None] | outside[1][None, :, None] | outside[2][None, None, :]
+    own, carried = own[0, 0].numpy() > 0, carried[0, 0].numpy()
+    assert own[overlap].sum() > 100  # the sphere is in the overlap
+    assert ((carried > 0) == own)[overlap].mean() > 0.97
+    assert (carried[beyond] <= 0).all()
