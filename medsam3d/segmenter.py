@@ -215,8 +215,8 @@ class Segmenter:
         """The last prediction's logits, from every window it used, seen from ``window`` -> (1, 1, S/4, S/4, S/4)
         low-res logits, or None when none of it falls inside.
 
-        A refinement whose clicks no longer fit the last window gets a new one. Decoded there without a mask
-        prompt, 5 or more accumulated clicks gave a speck: held-out liver Dice 0.89 -> 0.01 on the click that
+        A refinement whose clicks no longer fit the last window gets a new one. Decoded there with the clicks but
+        without a mask prompt, the model answered with a speck: held-out liver Dice 0.89 -> 0.01 on the click that
         moved the window (docs/experiments/README.md, run e). Every window sits on the same 1.5 mm lattice, so
         the shift between two windows is a whole number of voxels."""
         size = self.size

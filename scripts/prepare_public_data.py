@@ -140,6 +140,13 @@ def _extract_once(dest: Path, extract: Callable[[Path], None]) -> Path:
     return dest
 
 
+def _extract_safely(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo]) -> None:
+    """``members`` of ``tar`` into ``dest``, with tarfile's "data" filter (no links out, no devices) where this
+    Python has it (>= 3.10.12 / 3.11.4)."""
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    tar.extractall(dest, members=members, **safe)
+
+
 def extract_sources(downloads: Path) -> dict[str, Path]:
     """Unpack the parts of the archives that are used -> {"totalseg", "nilearn", "mricron", "pyradiomics",
     "slicerio"}: roots."""
@@ -149,8 +156,7 @@ def extract_sources(downloads: Path) -> dict[str, Path]:
         wanted = (f"{TS_REF}/", f"{TS_DIR}/totalsegmentator/map_to_binary.py", f"{TS_DIR}/LICENSE")
         with tarfile.open(downloads / TOTALSEG.archive) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
-            tar.extractall(tmp, members=members, **safe)
+            _extract_safely(tar, tmp, members)
 
     def unzip(tmp: Path) -> None:
         wanted = ("nilearn/datasets/data/mni_icbm152_", "nilearn/datasets/description/icbm152_2009.rst",
@@ -170,8 +176,7 @@ def extract_sources(downloads: Path) -> dict[str, Path]:
             missing = wanted - {m.name for m in members}
             if missing:
                 raise RuntimeError(f"{PYRADIOMICS.archive} lacks {sorted(missing)}")
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(tmp, members=members, **safe)
+            _extract_safely(tar, tmp, members)
 
     def unzip_slicerio(tmp: Path) -> None:
         wanted = (f"{SLICERIO_DATA}/CTChest4.nrrd", f"{SLICERIO_DATA}/Segmentation.seg.nrrd",

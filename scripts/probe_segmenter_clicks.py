@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Click by click through ``Segmenter``, the evaluator's protocol on chosen structures of one scan, printing what
-the mean Dice of ``medsam3d evaluate`` hides: voxels marked, the click's sign, windows used, predicted IoU.
+the mean Dice of ``medsam3d evaluate`` hides: voxels marked, the click's sign, windows used (and whether the
+click moved the prediction to a new window), predicted IoU.
 
     python scripts/probe_segmenter_clicks.py MODEL.yaml CHECKPOINT.pt --labels 100,101,112 [--clicks 5]
         [--dataset data/public/Dataset201_TotalSegCT] [--case ts_ct_dicom] [--fresh]
@@ -54,9 +55,13 @@ def main() -> None:
             seg.set_volume(volume)
         print(f"{names.get(value, value)} ({value}): {int(target.sum())} voxels")
         out = run_protocol(method, target, volume.spacing, list(range(1, args.clicks + 1)), tolerance_mm=2.0)
+        previous_window = None
         for k, (result, click) in enumerate(zip(method.results, out["clicks"]), start=1):
+            # a refinement that starts in another window than the last click did: its clicks left that window
+            moved = " (new window)" if previous_window not in (None, result.windows[0]) else ""
+            previous_window = result.windows[0]
             print(f"  click {k} ({'+' if click[3] else '-'}): {int(result.mask.array.sum())} voxels marked, "
-                  f"Dice {out['dice'][str(k)]:.3f}, {len(result.windows)} window(s), "
+                  f"Dice {out['dice'][str(k)]:.3f}, {len(result.windows)} window(s){moved}, "
                   f"predicted IoU {', '.join(f'{i:.2f}' for i in result.iou)}")
 
 

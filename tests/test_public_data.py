@@ -186,7 +186,8 @@ def test_chest_ct_segments():
 
 
 # --------------------------------------------------------------- the preparation's own checks, on synthetic files
-def prepare_module():
+@pytest.fixture(scope="module")
+def prepare():
     """scripts/prepare_public_data.py as a module (it is a script, not part of the package)."""
     import importlib.util
     import sys
@@ -207,8 +208,7 @@ def _image(origin=(0.0, 0.0, 0.0), value=0) -> sitk.Image:
     return image
 
 
-def test_a_lesion_mask_off_its_image_grid_is_resampled_only_within_a_hundredth_of_a_voxel():
-    prepare = prepare_module()
+def test_a_lesion_mask_off_its_image_grid_is_resampled_only_within_a_hundredth_of_a_voxel(prepare):
     image = _image()
     same, how = prepare.lesion_label_on_grid("case", _image(value=2), image)
     assert how == "same grid"
@@ -219,8 +219,7 @@ def test_a_lesion_mask_off_its_image_grid_is_resampled_only_within_a_hundredth_o
         prepare.lesion_label_on_grid("case", _image((0.35, 0.0, 0.0), value=2), image)
 
 
-def test_slicer_segments_are_read_from_the_seg_nrrd_header(tmp_path):
-    prepare = prepare_module()
+def test_slicer_segments_are_read_from_the_seg_nrrd_header(prepare, tmp_path):
     layers = _image(value=3)
     layers[0:2, 0:2, 0:2] = 7
     fields = {"Segment0_ID": "Segment_1", "Segment0_Name": "left lung", "Segment0_LabelValue": "3",

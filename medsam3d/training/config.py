@@ -10,6 +10,9 @@ import yaml
 
 from ..errors import InputError
 
+# what the next simulated click follows among a multimask decode's masks (InteractiveStep)
+FOLLOW_CHOICES = ("best", "predicted")
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "model": {"name": "medsam3d-tiny", "config": {}, "checkpoint": None},
@@ -114,6 +117,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str,
         if keys[-1] not in node and keys[-2:-1] != ["config"]:
             raise InputError(f"unknown config key {'.'.join(keys)!r}")
         node[keys[-1]] = value
-    if cfg["train"]["follow"] not in ("best", "predicted"):
-        raise InputError(f"train.follow must be best or predicted, not {cfg['train']['follow']!r}")
+    if cfg["train"]["follow"] not in FOLLOW_CHOICES:
+        raise InputError(f"train.follow must be {' or '.join(FOLLOW_CHOICES)}, not {cfg['train']['follow']!r}")
     return cfg

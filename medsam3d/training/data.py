@@ -135,10 +135,11 @@ def preprocess(roots: Sequence[str | Path], cache: str | Path, spacing: float = 
                holdout: Sequence[str] = (), log=print) -> tuple[Path, list[dict]]:
     """Preprocess every usable case of ``roots`` into ``cache`` (once); -> (cache folder, case records)."""
     found = [c for root in roots for c in discover(root)]
-    unknown = sorted(set(holdout) - {c.case_id for c in found})
+    held = set(holdout)
+    unknown = sorted(held - {c.case_id for c in found})
     if unknown:  # a misspelt held-out case would otherwise be trained on without a word
         raise InputError(f"held-out case(s) {', '.join(unknown)} not found in the data roots")
-    cases = [c for c in found if c.case_id not in set(holdout)]
+    cases = [c for c in found if c.case_id not in held]
     if not cases:
         raise InputError("no cases found in the data roots")
     settings = {"spacing": spacing}

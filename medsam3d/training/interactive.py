@@ -15,6 +15,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from .clicks import boxes_of, error_clicks, first_clicks
+from .config import FOLLOW_CHOICES
 
 
 class InteractiveStep(nn.Module):
@@ -29,8 +30,8 @@ class InteractiveStep(nn.Module):
         # which of a multimask decode's masks the next click is simulated on and gets back as its mask prompt:
         # "best" the lowest-loss one (the one the loss is on), "predicted" the IoU head's pick, as Segmenter does,
         # so training also meets the states a wrong pick leads to
-        if follow not in ("best", "predicted"):
-            raise ValueError(f"follow must be 'best' or 'predicted', not {follow!r}")
+        if follow not in FOLLOW_CHOICES:
+            raise ValueError(f"follow must be one of {FOLLOW_CHOICES}, not {follow!r}")
         self.follow = follow
         self.model = model
         self.clicks = clicks
