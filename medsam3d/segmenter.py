@@ -212,8 +212,8 @@ class Segmenter:
         return Window(tuple(float(c) for c in snapped), self.size, spacing)
 
     def _carried_over(self, window: Window) -> Optional[torch.Tensor]:
-        """The last prediction's logits, from every window it used, seen from ``window`` -> (1, 1, S/4, S/4, S/4)
-        low-res logits, or None when none of it falls inside.
+        """The last prediction's logits, from every window it used, seen from ``window`` -> (1, 1, L, L, L)
+        low-res logits (L: the model's output grid), or None when none of it falls inside.
 
         A refinement whose clicks no longer fit the last window gets a new one. Decoded there with the clicks but
         without a mask prompt, the model answered with a speck: held-out liver Dice 0.89 -> 0.01 on the click that
@@ -229,7 +229,12 @@ class Segmenter:
             np.maximum(carried, _shift(full[0, 0].cpu().numpy(), offset, fill=-20.0), out=carried)
         if not (carried > 0).any():
             return None
-        return _to_low_res(torch.from_numpy(carried), (size // 4,) * 3).to(self.device)
+        return _to_low_res(torch.from_numpy(carried), self._low_res_shape).to(self.device)
+
+    @property
+    def _low_res_shape(self) -> tuple[int, int, int]:
+        """The grid of the model's logits and mask prompts: S/4 (SAM's), or S/2 for a model with a finer output."""
+        return (int(getattr(self.model, "low_res_size", self.size // 4)),) * 3
 
     def _embedding(self, window: Window, timings: dict) -> Any:
         key = window.center_lps
@@ -270,7 +275,7 @@ class Segmenter:
             wv = np.clip(window.lps_to_voxel(volume.ijk_to_lps(corners)), 0, self.size - 1)
             kwargs["boxes"] = torch.tensor(np.concatenate([wv.min(0), wv.max(0)]), dtype=torch.float32,
                                            device=self.device)[None]
-        low_res_shape = (self.size // 4,) * 3
+        low_res_shape = self._low_res_shape
         if prior is not None:
             kwargs["mask_input"] = _to_low_res(torch.from_numpy(prior), low_res_shape).to(self.device)
         elif prompts.mask is not None:
@@ -340,7 +345,7 @@ class Segmenter:
 
 
 def _to_low_res(logits: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """(S, S, S) map -> (1, 1, S/4, S/4, S/4) by averaging."""
+    """(S, S, S) map -> (1, 1, *shape) by averaging."""
     return F.adaptive_avg_pool3d(logits.float()[None, None], shape)
 
 

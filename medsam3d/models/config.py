@@ -98,6 +98,11 @@ class TinyConfig(PromptDecoderConfig):
     # Empty: a plain 16^3 patch embedding. The S/8 and S/4 stages feed the decoder as skip connections.
     stem_chans: tuple[int, ...] = (16, 32, 64)
     guidance_maps: bool = True  # the decoder's last conv also sees click heatmaps and the previous mask
+    # a third upscaling step to S/2 (64^3 logits at 3 mm instead of 32^3 at 6 mm), fed by the stem's S/2 map. At
+    # S/4 a 4 ml rib is about 18 output voxels: the held-out ribs' ground truth, pooled to 32^3 and brought back,
+    # scores Dice 0.39-0.64, and 0.81-0.91 through 64^3 (docs/experiments/README.md, run f). Adds
+    # mask_decoder.fine_head, which starts as a no-op (zero gate), so trained S/4 weights can continue with it.
+    fine_output: bool = False
     # the decoder of a CPU model: narrower and shallower MLP than SAM-Med3D's
     decoder_mlp_dim: int = 512
     decoder_heads: int = 4

@@ -1,4 +1,5 @@
-"""Two-way transformer mask decoder (SAM's, in 3D): image embedding + prompt tokens -> 32^3 logits and IoU.
+"""Two-way transformer mask decoder (SAM's, in 3D): image embedding + prompt tokens -> 32^3 logits and IoU
+(64^3 with medsam3d-tiny's ``fine_output``).
 
 Key layout follows SAM-Med3D's ``mask_decoder3D.py`` so its checkpoints load as published.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import attend
@@ -108,17 +110,50 @@ class SkipFusion3D(nn.Module):
         self.refine = nn.Sequential(nn.Conv3d(dim // 8 + extra, dim // 8, kernel_size=3, padding=1), nn.GELU())
 
 
+class FineMaskHead(nn.Module):
+    """S/4 logits -> S/2 logits: the S/4 masks upsampled, plus a correction drawn from S/2 features.
+
+    The S/4 features go up one more transposed conv and meet the stem's S/2 map (projected to this head's width
+    by the encoder, ``TinyEncoder3D.fine_skip``, and added), as in the S/8 and S/4 steps; each mask token gets its
+    own small hypernetwork that reads these features out, as SAM does at S/4. The correction enters through
+    ``gate``, a scalar that starts at zero (ReZero), so a model trained at S/4 answers exactly as before (up to
+    the trilinear upsampling) until training opens the gate."""
+
+    def __init__(self, dim: int, num_mask_tokens: int) -> None:
+        super().__init__()
+        width = dim // 16
+        self.upscale = nn.ConvTranspose3d(dim // 8, width, kernel_size=2, stride=2)
+        self.hypernetworks = nn.ModuleList(MLP(dim, dim // 2, width, 2) for _ in range(num_mask_tokens))
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, coarse: torch.Tensor, upscaled: torch.Tensor, s2: torch.Tensor, tokens: torch.Tensor,
+                first: int = 0) -> torch.Tensor:
+        """coarse (B, T, L, L, L) logits of mask tokens ``first`` .. ``first + T - 1``, upscaled (B, dim/8, L, ..),
+        s2 (B|1, dim/16, 2L, ..), tokens (B, T, dim) those tokens' outputs -> (B, T, 2L, 2L, 2L) logits."""
+        b = coarse.shape[0]
+        feats = F.gelu(self.upscale(upscaled) + s2)  # (B, dim/16, 2L, ..)
+        hyper = torch.stack([self.hypernetworks[first + i](tokens[:, i]) for i in range(tokens.shape[1])],
+                            dim=1)  # (B, T, dim/16)
+        detail = (hyper @ feats.flatten(2)).view(b, -1, *feats.shape[2:])
+        up = F.interpolate(coarse, scale_factor=2, mode="trilinear", align_corners=False)
+        return up + self.gate.to(up.dtype) * detail
+
+
 class MaskDecoder3D(nn.Module):
     def __init__(self, dim: int, num_multimask_outputs: int, iou_head_depth: int, iou_head_hidden_dim: int,
                  depth: int, mlp_dim: int, num_heads: int, downsample_rate: int,
                  skip_chans: tuple[int, ...] = (), guidance: bool = False,
-                 mask_iou_head: bool = False) -> None:
+                 mask_iou_head: bool = False, fine_output: bool = False) -> None:
         super().__init__()
         self.skip_chans = tuple(skip_chans)
         if self.skip_chans and len(self.skip_chans) != 2:
             raise ValueError(f"skip_chans must be (channels at S/8, channels at S/4), got {self.skip_chans}")
+        if fine_output and not self.skip_chans:
+            raise ValueError("fine_output needs the S/8 and S/4 skips of a stem encoder")
         self.skip_fusion = SkipFusion3D(dim, self.skip_chans, guidance) if self.skip_chans else None
         self.num_mask_tokens = num_multimask_outputs + 1
+        # S/2 output from a third skip (the stem's S/2 map, dim/16 channels): see FineMaskHead
+        self.fine_head = FineMaskHead(dim, self.num_mask_tokens) if fine_output else None
         self.transformer = TwoWayTransformer3D(depth, dim, num_heads, mlp_dim, downsample_rate)
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
@@ -155,7 +190,7 @@ class MaskDecoder3D(nn.Module):
         up = self.output_upscaling
         fusion = self.skip_fusion
         b = src.shape[0]
-        s8, s4 = (s.expand(b, -1, -1, -1, -1) for s in skips)
+        s8, s4 = (s.expand(b, -1, -1, -1, -1) for s in skips[:2])  # (a third, S/2, is the fine head's)
         x = up[2](up[1](up[0](src) + fusion.project8(s8)))  # convT, + skip, LayerNorm3d, GELU
         x = up[3](x) + fusion.project4(s4)  # convT, + skip
         x = up[4](x)  # GELU
@@ -165,9 +200,10 @@ class MaskDecoder3D(nn.Module):
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor, multimask_output: bool, skips: tuple[torch.Tensor, ...] = (),
                 guidance: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z); skips (B|1, c8, 2X, ..) and
-        (B|1, c4, 4X, ..) for a stem encoder; guidance (B, GUIDANCE_CHANNELS, 4X, ..) or None
-        -> low-res logits (B, 1|M, 4X, 4Y, 4Z) and IoU predictions (B, 1|M)."""
+        """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z); skips (B|1, c8, 2X, ..),
+        (B|1, c4, 4X, ..) [and (B|1, C/16, 8X, ..) with fine_output] for a stem encoder; guidance
+        (B, GUIDANCE_CHANNELS, 4X, ..) or None -> low-res logits (B, 1|M, 4X, 4Y, 4Z), 8X.. with fine_output, and
+        IoU predictions (B, 1|M)."""
         b = sparse.shape[0]
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens[None].expand(b, -1, -1), sparse], dim=1)
@@ -188,4 +224,7 @@ class MaskDecoder3D(nn.Module):
         else:
             iou_pred = self.iou_prediction_head(iou_token_out)  # (B, M+1)
         chosen = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, chosen], iou_pred[:, chosen]
+        masks, iou_pred = masks[:, chosen], iou_pred[:, chosen]
+        if self.fine_head is not None:  # after the scoring at S/4, as trained before the head existed
+            masks = self.fine_head(masks, upscaled, skips[2], mask_tokens_out[:, chosen], first=chosen.start)
+        return masks, iou_pred

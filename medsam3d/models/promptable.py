@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
@@ -22,7 +23,8 @@ class ImageFeatures(NamedTuple):
     """What ``encode`` returns and ``decode`` takes: cache it to make further clicks cost only the decoder."""
 
     embedding: torch.Tensor  # (B, C, g, g, g)
-    skips: tuple[torch.Tensor, ...] = ()  # encoders with a conv stem: (B, c8, 2g, ..) and (B, c4, 4g, ..)
+    skips: tuple[torch.Tensor, ...] = ()  # encoders with a conv stem: (B, c8, 2g, ..), (B, c4, 4g, ..)
+    # [, (B, C/16, 8g, ..) with fine_output]
 
 
 Features = Union[ImageFeatures, torch.Tensor]  # a bare tensor is an embedding without skips
@@ -46,11 +48,17 @@ class PromptableModel3D(nn.Module):
                                           config.decoder_heads, config.attention_downsample_rate,
                                           skip_chans=stem[:0:-1],
                                           guidance=bool(stem) and bool(getattr(config, "guidance_maps", False)),
-                                          mask_iou_head=config.mask_iou_head)
+                                          mask_iou_head=config.mask_iou_head,
+                                          fine_output=bool(getattr(config, "fine_output", False)))
         # where each part's weights came from: "random" until a checkpoint fills it (see checkpoint.py)
         self.weight_sources: dict[str, str] = {p: "random" for p in ("image_encoder", "prompt_encoder", "mask_decoder")}
 
     # ------------------------------------------------------------------ public interface
+    @property
+    def low_res_size(self) -> int:
+        """Side of the logits ``decode`` returns and ``mask_input`` takes: S/4, or S/2 with ``fine_output``."""
+        return self.config.img_size // (2 if self.mask_decoder.fine_head is not None else 4)
+
     @property
     def is_trained(self) -> bool:
         """True when every part was loaded from a checkpoint (a random-weight model never answers a user)."""
@@ -70,24 +78,27 @@ class PromptableModel3D(nn.Module):
         points: Optional[torch.Tensor] = None,  # (B, N, 3) voxel coordinates in the crop, image-tensor axis order
         labels: Optional[torch.Tensor] = None,  # (B, N): 1 positive, 0 negative
         boxes: Optional[torch.Tensor] = None,  # (B, 6): (a0, b0, c0, a1, b1, c1) corners, inclusive
-        mask_input: Optional[torch.Tensor] = None,  # (B, 1, 4g, 4g, 4g) logits of a previous prediction
+        mask_input: Optional[torch.Tensor] = None,  # (B, 1, L, L, L) logits of a previous prediction, L = low_res_size
         multimask_output: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> low-res logits (B, 1 | M, 4g, 4g, 4g) and predicted IoU (B, 1 | M)."""
+        """-> low-res logits (B, 1 | M, L, L, L), L = ``low_res_size``, and predicted IoU (B, 1 | M)."""
         features = features if isinstance(features, ImageFeatures) else ImageFeatures(features)
         embedding = features.embedding
         batch = self._check_prompts(embedding, points, labels, boxes, mask_input)
-        if len(features.skips) != len(self.mask_decoder.skip_chans):
-            raise InputError(f"{self.name} needs the {len(self.mask_decoder.skip_chans)} skip map(s) that encode "
+        wanted = len(self.mask_decoder.skip_chans) + (self.mask_decoder.fine_head is not None)
+        if len(features.skips) != wanted:
+            raise InputError(f"{self.name} needs the {wanted} skip map(s) that encode "
                              f"returns; got {len(features.skips)} (pass encode's output to decode unchanged)")
         if labels is not None:
             labels = labels.to(device=embedding.device, dtype=torch.long)
+        if mask_input is not None and self.mask_decoder.fine_head is not None:
+            mask_input = F.avg_pool3d(mask_input, 2)  # S/2 logits -> the S/4 grid the prompt encoder reads
         sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input, batch)
         image_pe = self.prompt_encoder.get_dense_pe()
         guidance = None
         fusion = self.mask_decoder.skip_fusion
         if fusion is not None and fusion.guidance_in is not None:
-            guidance = decoder_guidance(features.skips[-1], points, labels, mask_input, batch, self.config.img_size)
+            guidance = decoder_guidance(features.skips[1], points, labels, mask_input, batch, self.config.img_size)
         return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, features.skips, guidance)
 
     def forward(self, image: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +159,7 @@ class PromptableModel3D(nn.Module):
                 raise InputError("box must be (a0, b0, c0, a1, b1, c1) with each first corner <= second")
             batches.append(boxes.shape[0])
         if mask_input is not None:
-            want = (1, 4 * grid, 4 * grid, 4 * grid)
+            want = (1,) + (self.low_res_size,) * 3
             if mask_input.dim() != 5 or tuple(mask_input.shape[1:]) != want:
                 raise InputError(f"mask_input must be (B, {', '.join(map(str, want))}), got {tuple(mask_input.shape)}")
             if not torch.isfinite(mask_input).all():

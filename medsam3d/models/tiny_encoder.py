@@ -86,7 +86,7 @@ class ResidualConv3D(nn.Module):
 
 
 class ConvStem3D(nn.Module):
-    """(B, 1, S, S, S) -> skip maps at S/4 and S/8, and tokens (B, S/16, S/16, S/16, embed_dim)."""
+    """(B, 1, S, S, S) -> skip maps at S/8, S/4 and S/2, and tokens (B, S/16, S/16, S/16, embed_dim)."""
 
     def __init__(self, in_chans: int, chans: tuple[int, ...], embed_dim: int) -> None:
         super().__init__()
@@ -96,16 +96,25 @@ class ConvStem3D(nn.Module):
         self.down8 = nn.Sequential(_conv_norm_act(c4, c8, 3, 2), ResidualConv3D(c8))
         self.to_tokens = nn.Conv3d(c8, embed_dim, kernel_size=2, stride=2)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s4 = self.down4(self.down2(x))  # (B, c4, S/4, ..)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s2 = self.down2(x)  # (B, c2, S/2, ..)
+        s4 = self.down4(s2)  # (B, c4, S/4, ..)
         s8 = self.down8(s4)  # (B, c8, S/8, ..)
-        return s8, s4, self.to_tokens(s8).permute(0, 2, 3, 4, 1)
+        return s8, s4, s2, self.to_tokens(s8).permute(0, 2, 3, 4, 1)
 
 
 class TinyEncoder3D(nn.Module):
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
         self.img_size = cfg.img_size
+        self.fine_output = bool(getattr(cfg, "fine_output", False))
+        if self.fine_output and not cfg.stem_chans:
+            raise ValueError("fine_output needs the conv stem (stem_chans): its S/2 map feeds the S/2 logits")
+        if self.fine_output:
+            # the S/2 map, narrowed to the fine head's width (mask_decoder.FineMaskHead) here rather than in the
+            # decoder: it does not depend on the prompts, so it is computed once per window and cached with the
+            # embedding (at 64^3 the projection costs more than the rest of the fine head together)
+            self.fine_skip = nn.Conv3d(cfg.stem_chans[0], cfg.out_chans // 16, kernel_size=1)
         grid = cfg.img_size // cfg.patch_size
         if cfg.stem_chans:
             if len(cfg.stem_chans) != 3 or cfg.patch_size != 16:
@@ -134,10 +143,11 @@ class TinyEncoder3D(nn.Module):
         return resized.permute(0, 2, 3, 4, 1)
 
     def _run(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[torch.Tensor, ...]]:
-        """-> streams after each block, neck output (B, out_chans, S/16, ..), skips (S/8 map, S/4 map) or ()."""
+        """-> streams after each block, neck output (B, out_chans, S/16, ..), skips (S/8 map, S/4 map[, S/2 map
+        with fine_output]) or ()."""
         if hasattr(self, "stem"):
-            s8, s4, x = self.stem(x)
-            skips: tuple[torch.Tensor, ...] = (s8, s4)
+            s8, s4, s2, x = self.stem(x)
+            skips: tuple[torch.Tensor, ...] = (s8, s4, self.fine_skip(s2)) if self.fine_output else (s8, s4)
         else:
             x, skips = self.patch_embed(x), ()
         x = x + self._position(tuple(x.shape[1:4]))
@@ -154,6 +164,6 @@ class TinyEncoder3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, 1, S, S, S) -> (embedding (B, out_chans, S/16, ..), *skips): the skips are what the decoder's
-        upscaling path adds at S/8 and S/4 (none without a stem)."""
+        upscaling path adds at S/8 and S/4, and at S/2 with fine_output (none without a stem)."""
         _, final, skips = self._run(x)
         return (final, *skips)

@@ -162,7 +162,10 @@ class HolisticDistillationStep(nn.Module):
             with torch.no_grad():
                 t_low, _ = teacher.decode(t_emb, points=points, labels=labels, mask_input=t_prev)
             s_low, _ = self.student.decode(s_emb, points=points, labels=labels, mask_input=s_prev)
-            output = output + F.binary_cross_entropy_with_logits(s_low, torch.sigmoid(t_low))
+            t_soft = torch.sigmoid(t_low)
+            if t_soft.shape[2:] != s_low.shape[2:]:  # a student with a finer output than its teacher's S/4
+                t_soft = F.interpolate(t_soft, size=s_low.shape[2:], mode="trilinear", align_corners=False)
+            output = output + F.binary_cross_entropy_with_logits(s_low, t_soft)
             logits = F.interpolate(s_low, size=(size,) * 3, mode="trilinear", align_corners=False)
             truth = truth + self.mask_loss(logits, targets)
             new_points, new_labels = error_clicks((logits > 0).float().detach(), targets, gen)

@@ -1,0 +1,144 @@
+"""medsam3d-tiny's ``fine_output``: S/2 logits (64^3 for a 128^3 window) from the stem's S/2 map.
+
+What must hold: the shapes everywhere the logits travel (decode, mask prompts, training, Segmenter), a fresh head
+that answers exactly as the S/4 model it is added to, and a detail path that really reads the S/2 features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medsam3d.errors import InputError
+
+SMALL = dict(img_size=64, embed_dim=48, num_heads=2, out_chans=48, decoder_mlp_dim=96, decoder_heads=2,
+             iou_head_hidden_dim=32, mask_in_chans=8, first_click_multimask=True, mask_iou_head=True,
+             multimask_refine=True)
+
+
+def _model(fine: bool, seed: int = 0):
+    from medsam3d.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("medsam3d-tiny", fine_output=fine, **SMALL).eval()
+
+
+def _click():
+    return torch.tensor([[[30.0, 28.0, 33.0]]]), torch.tensor([[1]])
+
+
+def _image(seed: int = 1) -> torch.Tensor:
+    return torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fine_output_decodes_s2_logits_and_takes_them_back_as_the_mask_prompt():
+    model = _model(True)
+    assert model.low_res_size == 32 and _model(False).low_res_size == 16
+    points, labels = _click()
+    with torch.no_grad():
+        features = model.encode(_image())
+        assert [tuple(s.shape[1:]) for s in features.skips] == [(64, 8, 8, 8), (32, 16, 16, 16), (3, 32, 32, 32)]
+        low, iou = model.decode(features, points=points, labels=labels, multimask_output=True)
+        assert low.shape == (1, 3, 32, 32, 32) and iou.shape == (1, 3)
+        again, _ = model.decode(features, points=points, labels=labels, mask_input=low[:, :1])
+        assert again.shape == (1, 1, 32, 32, 32)
+        with pytest.raises(InputError, match=r"mask_input must be \(B, 1, 32, 32, 32\)"):
+            model.decode(features, points=points, labels=labels, mask_input=torch.zeros(1, 1, 16, 16, 16))
+
+
+def test_a_fresh_fine_head_answers_as_the_s4_model_it_was_added_to(tmp_path):
+    """A run adds the head to trained S/4 weights (train.reinit); until training opens its gate, the S/2 logits are
+    the S/4 logits upsampled, so the continuation starts where the S/4 model was."""
+    from medsam3d.training.trainer import build_from, reinitialise
+
+    coarse = _model(False)
+    torch.save({"model": coarse.state_dict()}, tmp_path / "s4.pt")
+    spec = {"name": "medsam3d-tiny", "config": dict(SMALL, fine_output=True), "checkpoint": str(tmp_path / "s4.pt")}
+    fresh = ["image_encoder.fine_skip", "mask_decoder.fine_head"]
+    fine = build_from(spec, torch.device("cpu"), fresh)
+    reinitialise(fine, fresh)
+    fine.eval()
+    points, labels = _click()
+    with torch.no_grad():
+        for multimask in (True, False):
+            want, want_iou = coarse.decode(coarse.encode(_image()), points=points, labels=labels,
+                                           multimask_output=multimask)
+            got, got_iou = fine.decode(fine.encode(_image()), points=points, labels=labels,
+                                       multimask_output=multimask)
+            up = F.interpolate(want, scale_factor=2, mode="trilinear", align_corners=False)
+            torch.testing.assert_close(got, up, rtol=0, atol=1e-5)
+            torch.testing.assert_close(got_iou, want_iou)
+    with pytest.raises(InputError, match="missing key"):
+        build_from(spec, torch.device("cpu"), [])  # the new parts must be named to be left out of the checkpoint
+
+
+def test_the_open_gate_adds_detail_read_from_the_s2_features():
+    model = _model(True)
+    with torch.no_grad():
+        model.mask_decoder.fine_head.gate.fill_(1.0)
+    points, labels = _click()
+    with torch.no_grad():
+        features = model.encode(_image())
+        low, _ = model.decode(features, points=points, labels=labels)
+        s8, s4, s2 = features.skips
+        flipped = features._replace(skips=(s8, s4, s2.flip(2)))
+        other, _ = model.decode(flipped, points=points, labels=labels)
+    assert not torch.allclose(low, other, atol=1e-4)  # the S/2 map shapes the answer
+    # and the S/4 part is unchanged by it: the difference is the gated detail alone
+    head = model.mask_decoder.fine_head
+    with torch.no_grad():
+        head.gate.fill_(0.0)
+        closed_a, _ = model.decode(features, points=points, labels=labels)
+        closed_b, _ = model.decode(flipped, points=points, labels=labels)
+    torch.testing.assert_close(closed_a, closed_b)
+
+
+def test_training_steps_through_the_fine_output_and_reach_its_gate():
+    from medsam3d.training.interactive import InteractiveStep
+
+    model = _model(True).train()
+    step = InteractiveStep(model, clicks=3, box_prob=0.0, loss_downsample=2)
+    images = _image()
+    targets = torch.zeros(1, 1, 64, 64, 64)
+    targets[..., 20:40, 18:38, 24:44] = 1
+    loss, metrics = step(images, targets, seed=3)
+    loss.backward()
+    assert torch.isfinite(loss) and 0.0 <= metrics["dice"] <= 1.0
+    head = model.mask_decoder.fine_head
+    assert head.gate.grad is not None and float(head.gate.grad.abs()) > 0
+    assert model.image_encoder.fine_skip.weight.grad is not None
+
+
+def test_segmenter_refines_and_carries_s2_logits_across_windows():
+    from medsam3d.io import Volume
+    from medsam3d.segmenter import Segmenter
+
+    model = _model(True)
+    with torch.no_grad():
+        model.mask_decoder.fine_head.gate.fill_(1.0)
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.uniform(10, 100, (120, 64, 64)).astype(np.float32), (1.5, 1.5, 1.5), (0, 0, 0), np.eye(3))
+    seg = Segmenter(model=model)
+    seg.set_volume(volume, modality="mr")
+    first = seg.predict(points=[[30, 32, 32]], labels=[1])
+    assert first.mask.array.shape == volume.shape
+    assert all(t.shape == (1, 1, 32, 32, 32) for t in seg._last_logits.values())
+    # a second click far along axis 0 no longer fits the first window: the refinement moves, carrying the answer
+    moved = seg.predict(points=[[30, 32, 32], [100, 32, 32]], labels=[1, 1], refine=True)
+    assert moved.mask.array.shape == volume.shape
+    assert all(t.shape == (1, 1, 32, 32, 32) for t in seg._last_logits.values())
+    # the carry shifts S/2 logits: a known blob, seen from a window 16 voxels (8 low-res voxels) along axis 0
+    from medsam3d.preprocess import Window
+
+    old = Window(next(iter(seg._last_logits)), seg.size)
+    blob = torch.full((1, 1, 32, 32, 32), -20.0)
+    blob[..., 10:20, 12:20, 12:20] = 20.0
+    seg._last_logits = {old.center_lps: blob}
+    new = Window(tuple(old.voxel_to_lps(np.full(3, (seg.size - 1) / 2) + [16, 0, 0])), seg.size)
+    carried = seg._carried_over(new)
+    assert carried.shape == (1, 1, 32, 32, 32)
+    assert (carried[0, 0, 3:11, 13:19, 13:19] > 0).all()
+    inside = torch.zeros(32, 32, 32, dtype=torch.bool)
+    inside[1:13, 11:21, 11:21] = True
+    assert (carried[0, 0][~inside] < 0).all()
