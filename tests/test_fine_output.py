@@ -142,3 +142,17 @@ def test_segmenter_refines_and_carries_s2_logits_across_windows():
     inside = torch.zeros(32, 32, 32, dtype=torch.bool)
     inside[1:13, 11:21, 11:21] = True
     assert (carried[0, 0][~inside] < 0).all()
+
+
+def test_holistic_distillation_takes_a_fine_student_under_an_s4_teacher():
+    """The teacher's S/4 masks are upsampled to the student's S/2 grid for the output loss."""
+    from medsam3d.training.interactive import HolisticDistillationStep
+
+    student, teacher = _model(True).train(), _model(False, seed=1).eval()
+    step = HolisticDistillationStep(student, teacher, clicks=2, weights={"feature": 1.0, "output": 1.0, "truth": 1.0})
+    targets = torch.zeros(1, 1, 64, 64, 64)
+    targets[..., 20:40, 18:38, 24:44] = 1
+    loss, metrics = step(_image(), targets, seed=0)
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["output_loss"] > 0
+    assert float(student.mask_decoder.fine_head.gate.grad.abs()) > 0
