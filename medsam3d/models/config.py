@@ -99,9 +99,11 @@ class TinyConfig(PromptDecoderConfig):
     stem_chans: tuple[int, ...] = (16, 32, 64)
     guidance_maps: bool = True  # the decoder's last conv also sees click heatmaps and the previous mask
     # a third upscaling step to S/2 (64^3 logits at 3 mm instead of 32^3 at 6 mm), fed by the stem's S/2 map. At
-    # S/4 a 4 ml rib is about 18 output voxels: the held-out ribs' ground truth, pooled to 32^3 and brought back,
-    # scores Dice 0.39-0.64, and 0.81-0.91 through 64^3 (docs/experiments/README.md, run f). Adds
-    # mask_decoder.fine_head, which starts as a no-op (zero gate), so trained S/4 weights can continue with it.
+    # S/4 a 4 ml rib is about 18 output voxels: the held-out ribs' ground truth, averaged down to 32^3 and brought
+    # back, scores Dice 0.39-0.64, and 0.81-0.91 through 64^3 (scripts/probe_output_ceiling.py; a 32^3 answer
+    # fitted to the label does better than an average: pancreas 0.79 against 0.94 at 64^3). Adds
+    # image_encoder.fine_skip and mask_decoder.fine_head; the head starts as a no-op (zero read-out), so trained S/4
+    # weights can continue with it (docs/experiments/README.md, run f).
     fine_output: bool = False
     # the decoder of a CPU model: narrower and shallower MLP than SAM-Med3D's
     decoder_mlp_dim: int = 512

@@ -115,16 +115,25 @@ class FineMaskHead(nn.Module):
 
     The S/4 features go up one more transposed conv and meet the stem's S/2 map (projected to this head's width
     by the encoder, ``TinyEncoder3D.fine_skip``, and added), as in the S/8 and S/4 steps; each mask token gets its
-    own small hypernetwork that reads these features out, as SAM does at S/4. The correction enters through
-    ``gate``, a scalar that starts at zero (ReZero), so a model trained at S/4 answers exactly as before (up to
-    the trilinear upsampling) until training opens the gate."""
+    own small hypernetwork that reads these features out, as SAM does at S/4. The hypernetworks' last layers start
+    at zero, so a model trained at S/4 answers exactly as before (up to the trilinear upsampling) when the head is
+    added, and the read-out learns from the first step. (A scalar ReZero gate in front of a random read-out was
+    tried first: after 1000 steps it had moved from 0 to -0.05 and the read-out not at all, because a random
+    correction is uncorrelated with the error, so the gate's gradient averages out; run f in
+    docs/experiments/README.md.)"""
 
     def __init__(self, dim: int, num_mask_tokens: int) -> None:
         super().__init__()
         width = dim // 16
         self.upscale = nn.ConvTranspose3d(dim // 8, width, kernel_size=2, stride=2)
         self.hypernetworks = nn.ModuleList(MLP(dim, dim // 2, width, 2) for _ in range(num_mask_tokens))
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero read-out: no correction until training makes one (``train.reinit`` calls this after the layers')."""
+        for mlp in self.hypernetworks:
+            nn.init.zeros_(mlp.layers[-1].weight)
+            nn.init.zeros_(mlp.layers[-1].bias)
 
     def forward(self, coarse: torch.Tensor, upscaled: torch.Tensor, s2: torch.Tensor, tokens: torch.Tensor,
                 first: int = 0) -> torch.Tensor:
@@ -135,8 +144,7 @@ class FineMaskHead(nn.Module):
         hyper = torch.stack([self.hypernetworks[first + i](tokens[:, i]) for i in range(tokens.shape[1])],
                             dim=1)  # (B, T, dim/16)
         detail = (hyper @ feats.flatten(2)).view(b, -1, *feats.shape[2:])
-        up = F.interpolate(coarse, scale_factor=2, mode="trilinear", align_corners=False)
-        return up + self.gate.to(up.dtype) * detail
+        return F.interpolate(coarse, scale_factor=2, mode="trilinear", align_corners=False) + detail
 
 
 class MaskDecoder3D(nn.Module):

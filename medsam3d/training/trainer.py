@@ -215,7 +215,7 @@ def reinitialise(model: nn.Module, names: list[str]) -> None:
         resettable = [m for m in module.modules() if hasattr(m, "reset_parameters")]
         if not resettable:
             raise InputError(f"train.reinit: {name!r} has no parameters to reset")
-        for m in resettable:
+        for m in reversed(resettable):  # children first, so a module's own reset (a zero read-out) has the last word
             m.reset_parameters()
 
 
