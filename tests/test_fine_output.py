@@ -165,3 +165,26 @@ def test_holistic_distillation_takes_a_fine_student_under_an_s4_teacher():
     loss.backward()
     assert torch.isfinite(loss) and metrics["output_loss"] > 0
     assert _read_out_grad(student) > 0
+
+
+def test_train_only_trains_the_named_parts_and_keeps_the_rest_fixed():
+    from medsam3d.training.interactive import InteractiveStep
+    from medsam3d.training.trainer import set_trainable
+
+    model = _model(True).train()
+    only = ["image_encoder.fine_skip", "mask_decoder.fine_head"]
+    params = set_trainable(model, [], only)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith(tuple(f"{o}." for o in only)) for n in names)
+    assert {id(p) for p in params} == {id(p) for n, p in model.named_parameters() if n in names}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimiser = torch.optim.SGD(params, lr=0.1)
+    targets = torch.zeros(1, 1, 64, 64, 64)
+    targets[..., 20:40, 18:38, 24:44] = 1
+    loss, _ = InteractiveStep(model, clicks=2, loss_downsample=2)(_image(), targets, seed=1)
+    loss.backward()
+    optimiser.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= names
+    with pytest.raises(InputError, match="train.only: medsam3d-tiny has no submodule 'mask_decoder.nope'"):
+        set_trainable(model, [], ["mask_decoder.nope"])

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "loss_downsample": 1,  # >1: loss and simulated clicks on a coarser grid (much cheaper on CPU)
         "reinit": [],  # submodules given fresh weights before training (dotted names; finetune repairs)
         "freeze": [],  # parts kept fixed: image_encoder, prompt_encoder, mask_decoder
+        "only": [],  # if given, the submodules trained (dotted names); everything else is kept fixed
         "checkpoint_every": 50,
         "log_every": 10,
         "amp": "auto",  # bf16 autocast on CUDA; off on CPU

@@ -219,13 +219,25 @@ def reinitialise(model: nn.Module, names: list[str]) -> None:
             m.reset_parameters()
 
 
-def set_trainable(model: nn.Module, frozen: list[str]) -> list[nn.Parameter]:
+def set_trainable(model: nn.Module, frozen: list[str], only: list[str] = ()) -> list[nn.Parameter]:
+    """Freeze whole ``frozen`` parts; with ``only`` (dotted submodule names, ``train.only``), train those alone.
+
+    ``only`` is for a part added to trained weights (``train.reinit``) that should learn without the rest of the
+    model moving: on 7 training cases every continuation of the whole model traded one set of structures for
+    another (docs/experiments/README.md, runs e and f)."""
     unknown = set(frozen) - set(PARTS)
     if unknown:
         raise InputError(f"train.freeze takes {', '.join(PARTS)}; got {', '.join(sorted(unknown))}")
     for part in PARTS:
         for p in getattr(model, part).parameters():
-            p.requires_grad_(part not in frozen)
+            p.requires_grad_(part not in frozen and not only)
+    for name in only:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise InputError(f"train.only: {model.name} has no submodule {name!r}") from None
+        for p in module.parameters():
+            p.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -293,7 +305,7 @@ def run_interactive(cfg: dict, out: str | Path, resume: bool = False, kind: str 
         model = build_from(cfg["model"], run.device, list(cfg["train"]["reinit"]))
         model.train()
         reinitialise(model, list(cfg["train"]["reinit"]))  # before restore: a resumed run gets its own weights back
-        params = set_trainable(model, list(cfg["train"]["freeze"]))
+        params = set_trainable(model, list(cfg["train"]["freeze"]), list(cfg["train"]["only"]))
         steps = int(cfg["train"]["steps"])
         opt, sched = run.optimiser(params, steps)
         start = run.restore(model, "model", opt, sched, kind) if run.resume_state else 0
