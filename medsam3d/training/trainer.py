@@ -224,7 +224,7 @@ def set_trainable(model: nn.Module, frozen: list[str], only: list[str] = ()) -> 
 
     ``only`` is for a part added to trained weights (``train.reinit``) that should learn without the rest of the
     model moving: on 7 training cases every continuation of the whole model traded one set of structures for
-    another (docs/experiments/README.md, runs e and f)."""
+    another (docs/experiments/README.md, runs e and g)."""
     unknown = set(frozen) - set(PARTS)
     if unknown:
         raise InputError(f"train.freeze takes {', '.join(PARTS)}; got {', '.join(sorted(unknown))}")
