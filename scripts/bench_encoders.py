@@ -9,7 +9,9 @@ Rows:
    same math (the published code's), same random weights: max |difference| and speed-up.
 2. full-size FastSAM3D student encoder: ours vs the dense reference formulation.
 3. medsam3d-tiny encoder, and one decoder call ("a click") for medsam3d-tiny and SAM-Med3D.
-4. dense attention vs medsam3d-tiny's sparse dilated / window attention from 512 to 4096 tokens.
+4. medsam3d-tiny's ``fine_output``: a 3-mask click with 64^3 against 32^3 logits, and the S/2 map's projection,
+   which the encoder does once per window, timed as if the decoder did it on every click.
+5. dense attention vs medsam3d-tiny's sparse dilated / window attention from 512 to 4096 tokens.
 """
 
 from __future__ import annotations
@@ -77,6 +79,24 @@ def refine_conv_channels(reps: int) -> None:
           f"24 input channels {times[24] * 1e3:6.2f} ms | ratio {times[19] / times[24]:.1f}x\n")
 
 
+def fine_output_costs(image: torch.Tensor, reps: int) -> None:
+    """What ``fine_output`` adds to a click (3 masks, as ``multimask_refine`` decodes), and what its S/2 projection
+    would add if it ran in the decoder on every click instead of once per window in the encoder."""
+    points, labels = torch.tensor([[[64.0, 60.0, 70.0]]]), torch.tensor([[1]])
+    times = {}
+    for fine in (False, True):
+        torch.manual_seed(0)
+        model = build_model("medsam3d-tiny", fine_output=fine)
+        features = model.encode(image)
+        times[fine] = median_time(lambda: model.decode(features, points=points, labels=labels,
+                                                       multimask_output=True), 10 * reps, warmup=3)
+    s2 = torch.randn(1, model.config.stem_chans[0], 64, 64, 64)
+    t_project = median_time(lambda: model.image_encoder.fine_skip(s2), 10 * reps, warmup=3)
+    print(f"medsam3d-tiny click, 3 masks: 32^3 logits {times[False] * 1e3:6.2f} ms | 64^3 (fine_output) "
+          f"{times[True] * 1e3:6.2f} ms | ratio {times[True] / times[False]:.2f}x; the S/2 projection alone "
+          f"{t_project * 1e3:5.2f} ms (per window, not per click)\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -107,6 +127,7 @@ def main() -> None:
             print(f"{name:>14} decoder  {t_dec * 1e3:7.2f} ms per click (point + previous mask)")
 
         refine_conv_channels(reps)
+        fine_output_costs(image, reps)
         attention_scaling(reps)
 
 

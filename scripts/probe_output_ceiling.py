@@ -1,7 +1,8 @@
 """How much Dice a model's output grid can give at best: the ground truth itself, put through the grid.
 
-For every labelled structure (>= --min-ml) of the chosen cases: a window centred on the structure's deepest point
-(as the evaluation's first click), the label resampled into it as a fraction-covered map, turned into logits
+For every target of the chosen cases, as ``medsam3d evaluate`` picks them (each label value's largest connected
+part, >= --min-ml): a window centred on the target's deepest point (the evaluation's first click), the label
+resampled into it as a fraction-covered map, turned into logits
 (+-10), averaged down to the output grid (32^3 = S/4 for SAM-Med3D's decoder, 64^3 = S/2 with
 ``fine_output``), brought back up and onto the scan's own grid exactly as ``Segmenter`` does, and thresholded at 0.
 Dice against the label inside the window's footprint. No model is involved: this is what the grid allows, not what
@@ -10,6 +11,7 @@ pancreas shows), so ``--fit`` also fits the low-res logits to the label by gradi
 upsampling (Adam, soft Dice + BCE in the window): the best any model with that output grid could give.
 
     python scripts/probe_output_ceiling.py data/public/Dataset201_TotalSegCT --cases ts_ct_dicom
+    python scripts/probe_output_ceiling.py data/public/Dataset201_TotalSegCT --cases ts_ct_dicom --labels 7 --fit
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
+from medsam3d.evaluation.protocol import deepest_point, targets_from_labels
 from medsam3d.io import read_volume
 from medsam3d.preprocess import Window, mask_to_window, paste_back
+from medsam3d.training.data import discover
 
 GRIDS = (32, 64, 128)
 
@@ -47,9 +50,7 @@ def fitted(target: torch.Tensor, grid: int, steps: int = 150) -> torch.Tensor:
 
 def ceiling(mask: np.ndarray, volume, grids=GRIDS, fit: bool = False) -> list[float]:
     """Dice of ``mask`` (bool, on ``volume``'s grid) after passing through each output grid, in ``grids`` order."""
-    depth = ndimage.distance_transform_edt(mask, sampling=volume.spacing)
-    deepest = np.unravel_index(int(depth.argmax()), mask.shape)
-    center = volume.ijk_to_lps(np.asarray(deepest, dtype=np.float64))
+    center = volume.ijk_to_lps(deepest_point(mask, volume.spacing).astype(np.float64))
     window = Window(tuple(float(c) for c in np.round(center / Window.spacing) * Window.spacing))
     fraction = torch.from_numpy(mask_to_window(mask, volume, window))  # (S, S, S) in [0, 1]
     scores = []
@@ -70,27 +71,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path, help="nnU-Net-layout folder (imagesTr, labelsTr)")
     parser.add_argument("--cases", required=True, help="comma-separated case ids")
+    parser.add_argument("--labels", help="comma-separated label values (default: all)")
     parser.add_argument("--min-ml", type=float, default=1.0, help="smallest structure scored (the evaluation's)")
     parser.add_argument("--fit", action="store_true", help="fit the low-res logits (the true ceiling) instead "
                         "of averaging the label down (slower: 150 Adam steps per structure and grid)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     grids = GRIDS[:2] if args.fit else GRIDS  # a fitted 128^3 is the label itself
+    wanted = {c.strip() for c in args.cases.split(",")}
+    values = [int(v) for v in args.labels.split(",")] if args.labels else None
     rows = []
-    for case in args.cases.split(","):
-        image = read_volume(args.dataset / "imagesTr" / f"{case}_0000.nii.gz")
-        labels = read_volume(args.dataset / "labelsTr" / f"{case}.nii.gz")
-        voxel_ml = float(np.prod(image.spacing)) / 1000.0
-        for value in np.unique(labels.array)[1:]:
-            mask = labels.array == value
-            ml = float(mask.sum()) * voxel_ml
-            if ml < args.min_ml:
-                continue
-            scores = ceiling(mask, image, grids, args.fit)
-            rows.append({"case": case, "label": int(value), "ml": round(ml, 2),
+    for case in (c for c in discover(args.dataset) if c.case_id in wanted):
+        image, labels = read_volume(case.image), read_volume(case.label)
+        chosen = labels.array if values is None else np.where(np.isin(labels.array, values), labels.array, 0)
+        for target in targets_from_labels(chosen, image.spacing, {}, args.min_ml):
+            ml = float(target.mask.sum() * np.prod(image.spacing)) / 1000.0
+            scores = ceiling(target.mask, image, grids, args.fit)
+            rows.append({"case": case.case_id, "label": target.value, "ml": round(ml, 2),
                          **{f"dice_{g}": round(s, 4) for g, s in zip(grids, scores)}})
-            print(f"{case} label {int(value):4d} {ml:8.1f} ml  " + "  ".join(f"{g}^3 {s:.3f}" for g, s in
-                                                                            zip(grids, scores)), flush=True)
+            print(f"{case.case_id} label {target.value:4d} {ml:8.1f} ml  "
+                  + "  ".join(f"{g}^3 {s:.3f}" for g, s in zip(grids, scores)), flush=True)
     means = {g: float(np.mean([r[f"dice_{g}"] for r in rows])) for g in grids}
     print(f"mean over {len(rows)} structures: " + "  ".join(f"{g}^3 {m:.3f}" for g, m in means.items()))
     if args.json:

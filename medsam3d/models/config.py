@@ -100,8 +100,8 @@ class TinyConfig(PromptDecoderConfig):
     guidance_maps: bool = True  # the decoder's last conv also sees click heatmaps and the previous mask
     # a third upscaling step to S/2 (64^3 logits at 3 mm instead of 32^3 at 6 mm), fed by the stem's S/2 map. At
     # S/4 a 4 ml rib is about 18 output voxels: the held-out ribs' ground truth, averaged down to 32^3 and brought
-    # back, scores Dice 0.39-0.64, and 0.81-0.91 through 64^3 (scripts/probe_output_ceiling.py; a 32^3 answer
-    # fitted to the label does better than an average: pancreas 0.79 against 0.94 at 64^3). Adds
+    # back, scores Dice 0.27-0.63, and 0.83-0.90 through 64^3 (scripts/probe_output_ceiling.py; a 32^3 answer
+    # fitted to the label does better than an average: pancreas 0.88 against 0.93 at 64^3). Adds
     # image_encoder.fine_skip and mask_decoder.fine_head; the head starts as a no-op (zero read-out), so trained S/4
     # weights can continue with it (docs/experiments/README.md, run f).
     fine_output: bool = False

@@ -113,7 +113,7 @@ class TinyEncoder3D(nn.Module):
         if self.fine_output:
             # the S/2 map, narrowed to the fine head's width (mask_decoder.FineMaskHead) here rather than in the
             # decoder: it does not depend on the prompts, so it is computed once per window and cached with the
-            # embedding (at 64^3 the projection costs more than the rest of the fine head together)
+            # embedding (scripts/bench_encoders.py times it against a whole click)
             self.fine_skip = nn.Conv3d(cfg.stem_chans[0], cfg.out_chans // 16, kernel_size=1)
         grid = cfg.img_size // cfg.patch_size
         if cfg.stem_chans:
