@@ -1,7 +1,5 @@
 """``python -m medsam3d`` is ``medsam3d``."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

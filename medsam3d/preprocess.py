@@ -131,22 +131,27 @@ def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: floa
     ``positive_only`` shrinks the box to the footprint of the window voxels with logits > 0, padded by one voxel:
     any point outside it interpolates only non-positive values, so the thresholded mask is unchanged.
     """
+    src_lo = np.zeros(3, dtype=int)  # the window voxels handed to the resampler: all, or the positive box
     if positive_only:
-        positive = np.argwhere(logits > 0)
-        if not len(positive):
+        inside = logits > 0
+        spans = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        if not len(spans[0]):
             return tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
-        lo = np.maximum(positive.min(0) - 1, 0)
-        hi = np.minimum(positive.max(0) + 1, window.size - 1)
-        box = window.footprint(volume, tuple(lo), tuple(hi))
+        src_lo = np.maximum([span[0] - 1 for span in spans], 0)
+        src_hi = np.minimum([span[-1] + 1 for span in spans], window.size - 1)
+        box = window.footprint(volume, tuple(src_lo), tuple(src_hi))
+        # outside this box every window voxel is <= 0, and so is anything interpolated from them: cropping the
+        # source to it leaves the thresholded mask unchanged and saves converting the whole window
+        logits = logits[tuple(slice(a, b + 1) for a, b in zip(src_lo, src_hi))]
     else:
         box = window.footprint(volume)
     lo = np.array([s.start for s in box])
     size = [s.stop - s.start for s in box]
     if min(size) <= 0:
         return box, np.zeros(size, dtype=np.float32)
-    src = sitk.GetImageFromArray(_sitk_array_from_ijk(logits.astype(np.float32)))
+    src = sitk.GetImageFromArray(_sitk_array_from_ijk(logits.astype(np.float32, copy=False)))
     src.SetSpacing([window.spacing] * 3)
-    src.SetOrigin(tuple(float(x) for x in window.origin_lps))
+    src.SetOrigin(tuple(float(x) for x in window.voxel_to_lps(src_lo)))
     src.SetDirection(tuple(RAS_DIRECTION_IN_LPS.reshape(-1)))
     ref = sitk.Image(size, sitk.sitkFloat32)
     ref.SetSpacing(tuple(float(s) for s in volume.spacing))

@@ -42,6 +42,8 @@ class PromptableModel(Protocol):
 
     def encode(self, image: torch.Tensor) -> Any: ...  # ImageFeatures (cached per window, passed back as is)
 
+    # -> (B, M, L, L, L) logits and (B, M) scores. ``keep_best=True`` allows the model to return only its
+    # best-scored mask (M = 1), which is cheaper; the Segmenter picks the highest score either way.
     def decode(self, features: Any, **prompts) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -292,7 +294,8 @@ class Segmenter:
         multimask = (lone_click and bool(getattr(config, "first_click_multimask", False))) or bool(
             getattr(config, "multimask_refine", False))
         with torch.inference_mode():
-            low_res, iou = self.model.decode(emb, multimask_output=multimask, **kwargs)  # (1, M, g4, ..), (1, M)
+            low_res, iou = self.model.decode(emb, multimask_output=multimask, keep_best=True,
+                                             **kwargs)  # (1, M, L, L, L), (1, M); M = 1 for PromptableModel3D
         best = int(iou[0].argmax())
         low_res, score = low_res[:, best:best + 1], float(iou[0, best])
         self._last_logits[window.center_lps] = low_res

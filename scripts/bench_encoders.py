@@ -80,21 +80,27 @@ def refine_conv_channels(reps: int) -> None:
 
 
 def fine_output_costs(image: torch.Tensor, reps: int) -> None:
-    """What ``fine_output`` adds to a click (3 masks, as ``multimask_refine`` decodes), and what its S/2 projection
-    would add if it ran in the decoder on every click instead of once per window in the encoder."""
+    """What ``fine_output`` adds to a click (3 masks, as ``multimask_refine`` decodes), with every mask returned
+    (training) and with ``keep_best`` (the Segmenter: the S/2 correction for the kept mask only); and what its S/2
+    projection would add if it ran in the decoder on every click instead of once per window in the encoder."""
     points, labels = torch.tensor([[[64.0, 60.0, 70.0]]]), torch.tensor([[1]])
     times = {}
     for fine in (False, True):
         torch.manual_seed(0)
         model = build_model("medsam3d-tiny", fine_output=fine)
         features = model.encode(image)
-        times[fine] = median_time(lambda: model.decode(features, points=points, labels=labels,
-                                                       multimask_output=True), 10 * reps, warmup=3)
+        for keep_best in (False, True):
+            times[fine, keep_best] = median_time(
+                lambda: model.decode(features, points=points, labels=labels, multimask_output=True,
+                                     keep_best=keep_best), 10 * reps, warmup=3)
     s2 = torch.randn(1, model.config.stem_chans[0], 64, 64, 64)
     t_project = median_time(lambda: model.image_encoder.fine_skip(s2), 10 * reps, warmup=3)
-    print(f"medsam3d-tiny click, 3 masks: 32^3 logits {times[False] * 1e3:6.2f} ms | 64^3 (fine_output) "
-          f"{times[True] * 1e3:6.2f} ms | ratio {times[True] / times[False]:.2f}x; the S/2 projection alone "
-          f"{t_project * 1e3:5.2f} ms (per window, not per click)\n")
+    base = times[False, True]
+    print("medsam3d-tiny click, 3 masks decoded (ratios against 32^3 logits, best kept):")
+    for (fine, keep_best), t in times.items():
+        print(f"  {'64^3 (fine_output)' if fine else '32^3 logits       '}  "
+              f"{'best mask kept' if keep_best else 'all 3 returned'}  {t * 1e3:6.2f} ms  {t / base:4.2f}x")
+    print(f"  the S/2 projection alone {t_project * 1e3:5.2f} ms (per window, not per click)\n")
 
 
 def main() -> None:

@@ -35,12 +35,15 @@ class ForcedChoice:
         self.tokens: list[torch.Tensor] = []  # the decoder's output tokens of those decodes, (T, C)
         self._hs: list[torch.Tensor] = []
         model.mask_decoder.transformer.register_forward_hook(lambda module, inputs, out: self._hs.append(out[0][0]))
-        self.config, self.name, self.is_trained = model.config, model.name, model.is_trained
+
+    def __getattr__(self, name):  # config, name, low_res_size, ...: the wrapped model's
+        return getattr(self.model, name)
 
     def encode(self, image):
         return self.model.encode(image)
 
-    def decode(self, features, multimask_output=False, **prompts):
+    def decode(self, features, multimask_output=False, keep_best=False, **prompts):
+        """All M masks, the scores replaced when forced (``keep_best`` is dropped: the Segmenter picks)."""
         self._hs.clear()
         low_res, iou = self.model.decode(features, multimask_output=multimask_output, **prompts)
         if multimask_output and self.forced is None:

@@ -69,7 +69,8 @@ class ThresholdModel:
         self.encode_calls += 1
         return image
 
-    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask_output=False):
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask_output=False,
+               keep_best=False):  # keep_best ignored: the Segmenter must pick
         self.decode_calls += 1
         midway = (embedding.amax() + embedding.amin()) / 2
         logits = F.avg_pool3d(embedding - midway, 4) * 10.0

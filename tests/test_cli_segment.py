@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -111,6 +112,46 @@ def test_batch_jobs_are_shared_out_by_rank(tmp_path, small_model, scan, capsys, 
 def test_python_dash_m_is_the_same_command():
     result = subprocess.run([sys.executable, "-m", "medsam3d", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("medsam3d ")
+
+
+_AS_A_PROCESS = """
+import atexit, sys
+atexit.register(lambda: print("exit handlers ran"))
+from medsam3d.cli import run
+sys.argv = ["medsam3d", *sys.argv[1:]]
+try:
+    run()
+finally:
+    print("interpreter teardown")  # reached on sys.exit; os._exit skips it
+"""
+
+
+def test_segment_process_ends_fast_once_its_outputs_are_closed(tmp_path, small_model, scan):
+    """cli.run skips the interpreter's teardown after segment (scripts/bench_segment.py times the gain): the exit
+    code, every output and every message must be exactly those of a normal exit, and exit handlers still run."""
+    cfg, ckpt = small_model
+    shutil.copy(scan, tmp_path / "scan.nii.gz")
+    jobs = [{"input": "scan.nii.gz", "output": "mask.nii.gz", "point": [[20, 20, 20]]},
+            {"input": "missing.nii.gz", "output": "other.nii.gz", "point": [[1, 1, 1]]}]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(json.dumps(j) for j in jobs) + "\n")
+    seen = {}
+    for fast in (True, False):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MEDSAM3D_NO_FAST_EXIT")}
+        if not fast:
+            env["MEDSAM3D_NO_FAST_EXIT"] = "1"
+        result = subprocess.run([sys.executable, "-c", _AS_A_PROCESS, "segment", "--batch", "jobs.jsonl", "--model",
+                                 str(cfg), "--checkpoint", str(ckpt), "--report", "run.json", "--threads", "1"],
+                                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert result.returncode == 2, result.stderr  # one job of two failed
+        assert "missing.nii.gz" in result.stderr and "1 done, 1 failed" in result.stderr
+        assert "exit handlers ran" in result.stdout
+        assert ("interpreter teardown" in result.stdout) == (not fast)
+        report = json.loads((tmp_path / "run.json").read_text())
+        assert report["failed"] == 1 and len(report["runs"]) == 1
+        seen[fast] = read_volume(tmp_path / "mask.nii.gz").array
+        assert not (tmp_path / "other.nii.gz").exists()
+    assert seen[True].any()
+    np.testing.assert_array_equal(seen[True], seen[False])
 
 
 def test_default_model_without_trained_weights_exits_2(tmp_path, scan, capsys):

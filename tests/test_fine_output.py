@@ -87,6 +87,33 @@ def test_a_fresh_fine_head_answers_as_the_s4_model_it_was_added_to(tmp_path):
         build_from(spec, torch.device("cpu"), [])  # the new parts must be named to be left out of the checkpoint
 
 
+@pytest.mark.parametrize("fine", [True, False])
+def test_keep_best_returns_exactly_the_best_scored_mask_of_a_full_multimask_decode(fine):
+    """Inference keeps one mask, so the fine head corrects only that one; it must be the very mask (values
+    included) that a full decode ranks first, per sample, whatever token it came from."""
+    model = _model(fine)
+    if fine:
+        _open_read_out(model)
+    points = torch.tensor([[[30.0, 28.0, 33.0]], [[12.0, 50.0, 20.0]], [[45.0, 10.0, 40.0]]])
+    labels = torch.ones(3, 1, dtype=torch.long)
+    # scores (B, 4) over the 4 mask tokens, so that the 3 samples pick tokens 1, 3 and 2
+    scores = torch.tensor([[0.1, 0.9, 0.2, 0.3], [0.1, 0.2, 0.3, 0.8], [0.9, 0.1, 0.7, 0.3]])
+    model.mask_decoder._score_masks = lambda masks, upscaled: scores.clone()
+    with torch.no_grad():
+        features = model.encode(_image())
+        every, every_iou = model.decode(features, points=points, labels=labels, multimask_output=True)
+        best, best_iou = model.decode(features, points=points, labels=labels, multimask_output=True, keep_best=True)
+        single, _ = model.decode(features, points=points, labels=labels, keep_best=True)
+        plain, _ = model.decode(features, points=points, labels=labels)
+    picks = every_iou.argmax(1)
+    assert picks.tolist() == [0, 2, 1]  # of the multimask outputs (tokens 1-3)
+    assert best.shape == (3, 1, *every.shape[2:]) and best_iou.shape == (3, 1)
+    for b, pick in enumerate(picks.tolist()):
+        torch.testing.assert_close(best[b, 0], every[b, pick], rtol=0, atol=1e-5)
+        assert float(best_iou[b, 0]) == float(every_iou[b, pick])
+    torch.testing.assert_close(single, plain)  # one mask asked for: keep_best changes nothing
+
+
 def test_a_trained_read_out_adds_detail_read_from_the_s2_features():
     model = _model(True)
     _open_read_out(model)

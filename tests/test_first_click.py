@@ -181,7 +181,8 @@ class _ThreeMaskModel:
     def encode(self, image):
         return image
 
-    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask_output=False):
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask_output=False,
+               keep_best=False):  # keep_best ignored: the Segmenter must pick
         self.multimask_calls.append(multimask_output)
         low = torch.full((1, 3, 16, 16, 16), -10.0)
         low[0, 0, 6:10, 6:10, 6:10] = 10  # small

@@ -109,14 +109,17 @@ def test_a_new_object_reuses_a_cached_window_only_near_its_centre_and_a_refineme
     assert model.encode_calls == 3
 
 
-def test_paste_back_of_the_positive_region_only_gives_the_same_mask():
+@pytest.mark.parametrize("region", [(slice(50, 80), slice(40, 90), slice(60, 75)),  # inside the window
+                                    (slice(0, 30), slice(90, 128), slice(60, 75))])  # touching two window faces
+def test_paste_back_of_the_positive_region_only_gives_the_same_mask(region):
+    """positive_only resamples only the window voxels around the positive logits, on an oblique scan."""
     from medsam3d.preprocess import Window, paste_back
 
     volume, _ = sphere_volume("oblique")
     window = Window(tuple(SPHERE_CENTER_LPS + [5.0, -3.0, 2.0]))
     rng = np.random.default_rng(0)
     logits = np.full((128, 128, 128), -3.0, dtype=np.float32)
-    logits[50:80, 40:90, 60:75] = rng.normal(0.5, 1.0, (30, 50, 15))
+    logits[region] = rng.normal(0.5, 1.0, logits[region].shape)
     full = np.zeros(volume.shape, bool)
     small = np.zeros(volume.shape, bool)
     box, values = paste_back(logits, window, volume)

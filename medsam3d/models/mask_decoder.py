@@ -136,13 +136,14 @@ class FineMaskHead(nn.Module):
             nn.init.zeros_(mlp.layers[-1].bias)
 
     def forward(self, coarse: torch.Tensor, upscaled: torch.Tensor, s2: torch.Tensor, tokens: torch.Tensor,
-                first: int = 0) -> torch.Tensor:
-        """coarse (B, T, L, L, L) logits of mask tokens ``first`` .. ``first + T - 1``, upscaled (B, dim/8, L, ..),
-        s2 (B|1, dim/16, 2L, ..), tokens (B, T, dim) those tokens' outputs -> (B, T, 2L, 2L, 2L) logits."""
+                token_ids: torch.Tensor) -> torch.Tensor:
+        """coarse (B, T, L, L, L) logits, upscaled (B, dim/8, L, ..), s2 (B|1, dim/16, 2L, ..), tokens (B, K, dim)
+        the outputs of all K mask tokens, token_ids (B, T) which token each coarse mask came from ->
+        (B, T, 2L, 2L, 2L) logits. Only the T chosen masks are upsampled and corrected."""
         b = coarse.shape[0]
         feats = F.gelu(self.upscale(upscaled) + s2)  # (B, dim/16, 2L, ..)
-        hyper = torch.stack([self.hypernetworks[first + i](tokens[:, i]) for i in range(tokens.shape[1])],
-                            dim=1)  # (B, T, dim/16)
+        every = torch.stack([mlp(tokens[:, i]) for i, mlp in enumerate(self.hypernetworks)], dim=1)  # (B, K, dim/16)
+        hyper = every.gather(1, token_ids[..., None].expand(-1, -1, every.shape[2]))  # (B, T, dim/16)
         detail = (hyper @ feats.flatten(2)).view(b, -1, *feats.shape[2:])
         return F.interpolate(coarse, scale_factor=2, mode="trilinear", align_corners=False) + detail
 
@@ -207,11 +208,12 @@ class MaskDecoder3D(nn.Module):
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor, multimask_output: bool, skips: tuple[torch.Tensor, ...] = (),
-                guidance: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                guidance: Optional[torch.Tensor] = None, keep_best: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z); skips (B|1, c8, 2X, ..),
         (B|1, c4, 4X, ..) [and (B|1, C/16, 8X, ..) with fine_output] for a stem encoder; guidance
         (B, GUIDANCE_CHANNELS, 4X, ..) or None -> low-res logits (B, 1|M, 4X, 4Y, 4Z), 8X.. with fine_output, and
-        IoU predictions (B, 1|M)."""
+        IoU predictions (B, 1|M). ``keep_best`` returns only the mask with the highest predicted IoU, (B, 1, ..):
+        what inference keeps anyway, and the fine head then corrects that one mask instead of all M."""
         b = sparse.shape[0]
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens[None].expand(b, -1, -1), sparse], dim=1)
@@ -233,6 +235,11 @@ class MaskDecoder3D(nn.Module):
             iou_pred = self.iou_prediction_head(iou_token_out)  # (B, M+1)
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         masks, iou_pred = masks[:, chosen], iou_pred[:, chosen]
+        token_ids = torch.arange(chosen.start, chosen.start + masks.shape[1], device=masks.device).expand(b, -1)
+        if keep_best:
+            best = iou_pred.argmax(1, keepdim=True)  # (B, 1)
+            iou_pred, token_ids = iou_pred.gather(1, best), token_ids.gather(1, best)
+            masks = masks.gather(1, best[..., None, None, None].expand(-1, -1, *masks.shape[2:]))
         if self.fine_head is not None:  # after the scoring at S/4, as trained before the head existed
-            masks = self.fine_head(masks, upscaled, skips[2], mask_tokens_out[:, chosen], first=chosen.start)
+            masks = self.fine_head(masks, upscaled, skips[2], mask_tokens_out, token_ids)
         return masks, iou_pred

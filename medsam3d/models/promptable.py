@@ -80,6 +80,7 @@ class PromptableModel3D(nn.Module):
         boxes: Optional[torch.Tensor] = None,  # (B, 6): (a0, b0, c0, a1, b1, c1) corners, inclusive
         mask_input: Optional[torch.Tensor] = None,  # (B, 1, L, L, L) logits of a previous prediction, L = low_res_size
         multimask_output: bool = False,
+        keep_best: bool = False,  # only the mask with the highest predicted IoU: (B, 1, ..) and (B, 1)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> low-res logits (B, 1 | M, L, L, L), L = ``low_res_size``, and predicted IoU (B, 1 | M)."""
         features = features if isinstance(features, ImageFeatures) else ImageFeatures(features)
@@ -99,7 +100,8 @@ class PromptableModel3D(nn.Module):
         fusion = self.mask_decoder.skip_fusion
         if fusion is not None and fusion.guidance_in is not None:
             guidance = decoder_guidance(features.skips[1], points, labels, mask_input, batch, self.config.img_size)
-        return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, features.skips, guidance)
+        return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, features.skips, guidance,
+                                 keep_best=keep_best)
 
     def forward(self, image: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode(self.encode(image), **prompts)
