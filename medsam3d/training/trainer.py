@@ -202,16 +202,21 @@ def build_from(spec: dict, device: torch.device, fresh: list[str] = ()):
     return model
 
 
+def _submodule(model: nn.Module, name: str, option: str) -> nn.Module:
+    """``model``'s submodule at dotted path ``name``; an InputError naming ``option`` if there is none."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise InputError(f"{option}: {model.name} has no submodule {name!r}") from None
+
+
 def reinitialise(model: nn.Module, names: list[str]) -> None:
     """Give the named submodules (dotted paths, e.g. ``mask_decoder.iou_prediction_head``) fresh weights.
 
     For a part a run has broken beyond what gradients can repair: the IoU head of the multimask run ended with 3
     of 128 ReLU units ever active and an input-independent output, so no loss could teach it to rank masks."""
     for name in names:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise InputError(f"train.reinit: {model.name} has no submodule {name!r}") from None
+        module = _submodule(model, name, "train.reinit")
         resettable = [m for m in module.modules() if hasattr(m, "reset_parameters")]
         if not resettable:
             raise InputError(f"train.reinit: {name!r} has no parameters to reset")
@@ -224,7 +229,7 @@ def set_trainable(model: nn.Module, frozen: list[str], only: list[str] = ()) -> 
 
     ``only`` is for a part added to trained weights (``train.reinit``) that should learn without the rest of the
     model moving: on 7 training cases every continuation of the whole model traded one set of structures for
-    another (docs/experiments/README.md, runs e and g)."""
+    another (docs/experiments/README.md, runs e, g and j)."""
     unknown = set(frozen) - set(PARTS)
     if unknown:
         raise InputError(f"train.freeze takes {', '.join(PARTS)}; got {', '.join(sorted(unknown))}")
@@ -232,11 +237,7 @@ def set_trainable(model: nn.Module, frozen: list[str], only: list[str] = ()) -> 
         for p in getattr(model, part).parameters():
             p.requires_grad_(part not in frozen and not only)
     for name in only:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise InputError(f"train.only: {model.name} has no submodule {name!r}") from None
-        for p in module.parameters():
+        for p in _submodule(model, name, "train.only").parameters():
             p.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
