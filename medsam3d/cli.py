@@ -37,6 +37,7 @@ Examples:
   medsam3d segment ct.nii.gz --point -60.5,20,110 --coords ras -o mask.nrrd
   medsam3d segment dicom_dir/ --series 1.2.840.. --point 200,210,40 --negative 180,200,40 -o m.nii.gz
   medsam3d segment ct.nii.gz --prompts objects.json -o labels.nii.gz    (a label per object)
+  medsam3d segment ct.nii.gz --point 250,180,95 -o liver.nii.gz --preview liver.png
 """
 
 
@@ -73,6 +74,8 @@ def segment(
     max_windows: int = typer.Option(8, "--max-windows", min=1,
                                     help="most 128^3 windows an object may grow into"),
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="also write a float probability map"),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="also write a PNG: axial, coronal and sagittal "
+                                                                   "slices through the first click, mask outlined"),
     output_type: str = typer.Option("image", "--output-type", help="image (from -o's extension) or dicom-seg "
                                                                    "(DICOM input; needs medsam3d[dicom])"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report of the run"),
@@ -89,13 +92,14 @@ def segment(
     frame = check_frame(coords)
     modality = check_modality(modality, "--modality")
     if batch is not None:
-        if input or output or point or negative or box or prompts or mask or probabilities:
-            raise InputError("--batch takes scans, outputs and prompts from its file; give no INPUT, -o or prompts")
+        if input or output or point or negative or box or prompts or mask or probabilities or preview:
+            raise InputError("--batch takes scans, outputs and prompts from its file (\"preview\" per job); "
+                             "give no INPUT, -o, --preview or prompts")
         jobs = read_jobs(batch, frame)
     else:
         if input is None or output is None:
             raise InputError("give a scan and -o OUTPUT (or --batch jobs.jsonl)")
-        jobs = [{"input": input, "output": output, "mask": mask, "probabilities": probabilities,
+        jobs = [{"input": input, "output": output, "mask": mask, "probabilities": probabilities, "preview": preview,
                  "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame),
                  "dicom_seg": output_type == "dicom-seg"}]
     for job in jobs:
@@ -228,14 +232,25 @@ def models_list() -> None:
 
     for row in store.list_models():
         state = "installed" if row["installed"] else "not pulled"
-        typer.echo(f"{row['name']:<20} {row['model']:<14} {state:<11} {row.get('about', row.get('source', ''))}")
+        about = row.get("about", row.get("source", ""))
+        if row["name"] == "default":
+            dice = (row.get("heldout") or {}).get("dice", {})
+            about = (f"held-out Dice {dice.get('1', float('nan')):.3f} at 1 click, {dice.get('5', float('nan')):.3f}"
+                     f" at 5; {row.get('status', 'no status recorded')}")
+        typer.echo(f"{row['name']:<20} {row['model']:<14} {state:<11} {about}")
 
 
-@models_app.command("info", help="Everything the store knows about one model.")
-def models_info(name: str = typer.Argument(...)) -> None:
+@models_app.command("info", help="One model: the default's model card, or what the store knows (JSON).")
+def models_info(name: str = typer.Argument(...),
+                as_json: bool = typer.Option(False, "--json", help="the stored record as JSON")) -> None:
     from . import store
 
-    typer.echo(json.dumps(store.info(name), indent=2, default=str))
+    row = store.info(name)
+    card = store.PACKAGED / row["card"] if name == "default" and row.get("card") else None
+    if card is not None and card.is_file() and not as_json:
+        typer.echo(card.read_text())
+    else:
+        typer.echo(json.dumps(row, indent=2, default=str))
 
 
 @models_app.command("import", help="Copy a local checkpoint into the store (checked against its architecture).")

@@ -14,12 +14,13 @@ import numpy as np
 
 from .errors import InputError
 from .io import check_writable, read_volume, write_volume, zeros_ijk
+from .preview import check_preview_path
 from .prompts import check_frame, parse_numbers, resolve
 
 
 def check_job(job: dict) -> None:
-    """Everything about a job's paths that can be checked before any work: input exists, outputs writable,
-    no output overwrites the input, DICOM SEG only for DICOM folders."""
+    """Everything about a job's paths that can be checked before any work: input exists, outputs (and the
+    preview PNG) writable, no output overwrites the input or another output, DICOM SEG only for DICOM folders."""
     inp, out, prob = job["input"], job["output"], job.get("probabilities")
     if job.get("dicom_seg"):
         if not Path(inp).is_dir():
@@ -35,6 +36,11 @@ def check_job(job: dict) -> None:
             raise InputError(f"output {target} is the input; medsam3d never overwrites an input")
     if prob and Path(prob).resolve() == Path(out).resolve():
         raise InputError("--probabilities must be a different file from --output")
+    if job.get("preview"):
+        preview = check_preview_path(job["preview"])
+        for other, what in ((inp, "the input"), (out, "--output"), (prob, "--probabilities")):
+            if other and preview.resolve() == Path(other).resolve():
+                raise InputError(f"--preview {preview} is {what}; give the preview its own .png file")
     if not inp.exists():
         raise InputError(f"input not found: {inp}")
 
@@ -73,13 +79,20 @@ def run_job(segmenter, job: dict, say) -> dict:
     if probs is not None:
         write_volume(volume.with_array(probs), job["probabilities"])
     say(f"wrote {job['output']}")
+    if job.get("preview"):
+        from .preview import write_preview
+
+        write_preview(job["preview"], volume, labels, resolved, segmenter.modality, Path(job["input"]).name)
+        say(f"wrote {job['preview']}")
     return {"input": str(job["input"]), "output": str(job["output"]), "modality": segmenter.modality,
-            "shape": list(volume.shape),
-            "spacing": volume.spacing.tolist(), "objects": objects, "seconds": time.perf_counter() - started}
+            "shape": list(volume.shape), "spacing": volume.spacing.tolist(), "objects": objects,
+            **({"preview": str(job["preview"])} if job.get("preview") else {}),
+            "seconds": time.perf_counter() - started}
 
 
 def read_jobs(path: Path, frame: str) -> list[dict]:
-    """--batch file: one JSON object per line with input, output and prompts (paths relative to the file)."""
+    """--batch file: one JSON object per line with input, output and prompts, optionally mask, probabilities,
+    preview (a PNG), series, modality, coords (paths relative to the file)."""
     if not path.is_file():
         raise InputError(f"batch file not found: {path}")
     jobs = []
@@ -97,7 +110,8 @@ def read_jobs(path: Path, frame: str) -> list[dict]:
         objects = (objects_from_json(item["prompts"], item_frame, f"{path} line {n}") if "prompts" in item
                    else objects_from_json([item], item_frame, f"{path} line {n}"))
         jobs.append({"input": at("input"), "output": at("output"), "mask": at("mask"),
-                     "probabilities": at("probabilities"), "series": item.get("series"), "objects": objects,
+                     "probabilities": at("probabilities"), "preview": at("preview"), "series": item.get("series"),
+                     "objects": objects,
                      **({"modality": str(item["modality"]).lower()} if item.get("modality") else {})})
     if not jobs:
         raise InputError(f"batch file {path} holds no jobs")

@@ -33,6 +33,7 @@ GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
 # encoded windows kept per scan: a new object gets its own window, so a long session on one scan would otherwise
 # keep every encoding it ever made (medsam3d-tiny: 128 x 8^3 + 64 x 16^3 + 32 x 32^3 floats, 5.5 MB each)
 MAX_CACHED_WINDOWS = 16
+WINDOW_MARGIN = 16  # window voxels a prompt must keep from the border for a cached window to be reused for it
 
 
 class PromptableModel(Protocol):
@@ -157,38 +158,62 @@ class Segmenter:
     def predict_prompts(self, prompts: Prompts, probabilities: bool = False, refine: bool = False) -> Result:
         volume = self.volume
         timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
-        first = self._choose_window(prompts, refine)
-        previous = self._last_logits.get(first.center_lps) if refine else None
-        if refine and previous is None:  # the clicks left the last window: carry its answer over to the new one
-            previous = self._carried_over(first)
+        planned = self._plan_windows(prompts, refine)
+        # each planned window starts from the last prediction's logits there, or, where the clicks have moved on
+        # to a new window, from the last prediction carried over into it
+        previous = [(self._last_logits.get(w.center_lps) if w.center_lps in self._last_logits
+                     else self._carried_over(w)) if refine else None for w in planned]
         self._last_logits = {}  # from now on: this prediction's windows only
         pieces: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
         windows, ious = [], []
-        queue: list[tuple[Window, Optional[np.ndarray]]] = [(first, None)]
-        while queue and len(windows) < self.max_windows:
-            window, prior = queue.pop(0)
-            logits128, iou = self._predict_window(window, prompts, prior, None if windows else previous, timings)
+        # (window, prior mask so far for a grown window, previous logits for a planned one)
+        queue: list[tuple[Window, Optional[np.ndarray], Optional[torch.Tensor]]] = [
+            (w, None, prev) for w, prev in zip(planned, previous)]
+        while queue and len(windows) < max(self.max_windows, len(planned)):
+            window, prior, prev = queue.pop(0)
+            logits128, iou = self._predict_window(window, prompts, prior, prev, timings)
             t0 = time.perf_counter()
             pieces.append(paste_back(logits128, window, volume, positive_only=not probabilities))
             timings["resample"] += time.perf_counter() - t0
             windows.append(window)
             ious.append(iou)
-            for grown in self._growth(window, logits128):
-                if all(np.linalg.norm(np.subtract(grown[0].center_lps, w.center_lps)) > self.size * 0.375 *
-                       grown[0].spacing for w in windows + [q[0] for q in queue]):
-                    queue.append(grown)
+            for grown, seed in self._growth(window, logits128):
+                if all(np.linalg.norm(np.subtract(grown.center_lps, w.center_lps)) > self.size * 0.375 *
+                       grown.spacing for w in windows + [q[0] for q in queue]):
+                    queue.append((grown, seed, None))
         return self._assemble(pieces, windows, ious, probabilities, timings)
 
     # ------------------------------------------------------------------ steps
+    def _plan_windows(self, prompts: Prompts, refine: bool) -> list[Window]:
+        """The windows the prompts are decoded in: one when they fit in one, else one per group of clicks.
+
+        Clicks can span more than a window (both ends of a long muscle or vessel, or a corrective click far
+        along one). Then each click gets a window around it, unless a window already planned holds it: a
+        refinement starts from its newest click (the correction), a new object from its positive clicks.
+        Each window is decoded with the clicks inside it; growth then joins them into one mask."""
+        first = self._choose_window(prompts, refine)
+        if not len(prompts.points) or prompts.box is not None or prompts.mask is not None:
+            return [first]
+        every_point = self.volume.ijk_to_lps(prompts.points)
+        if first.contains(every_point):
+            return [first]
+        if refine:
+            order = list(range(len(every_point)))[::-1]
+        else:  # a negative click alone in a window has nothing to subtract from
+            order = [i for i in range(len(every_point)) if prompts.labels[i] == 1]
+        planned: list[Window] = []
+        for i in order:
+            if not any(w.contains(every_point[i:i + 1], margin=WINDOW_MARGIN) for w in planned):
+                planned.append(self._window_around(every_point[i], every_point[i:i + 1], refine))
+        return planned or [first]
+
     def _choose_window(self, prompts: Prompts, refine: bool = False) -> Window:
         """A cached window that holds every prompt with room around it, else one centred on the positive prompts.
 
         A refinement keeps the window its previous logits live in. A new object reuses a cached window only if its
         positive prompts sit within ``size / 16`` (8 voxels, 12 mm) of the window's centre; otherwise it gets a
-        window centred on them, at the cost of one encode. The model's answer depends on where the object sits in
-        the window: on held-out CT, reusing any window that held the click 16 voxels in from its edge gave a mean
-        Dice@1 of 0.296, a quarter window from the centre (training's crop offsets) 0.321, and 8 voxels 0.370
-        (docs/experiments/README.md, run d)."""
+        window centred on them, at the cost of one encode: the model's answer depends on where the object sits in
+        the window, and training placed objects near the centre."""
         volume = self.volume
         if len(prompts.points) and (prompts.labels == 1).any():
             anchor = prompts.points[prompts.labels == 1]
@@ -199,14 +224,18 @@ class Segmenter:
         else:
             anchor = prompts.points
         every_prompt = volume.ijk_to_lps(np.concatenate([prompts.points, anchor]))
-        center = volume.ijk_to_lps(np.asarray(anchor).mean(0))
+        return self._window_around(volume.ijk_to_lps(np.asarray(anchor).mean(0)), every_prompt, refine)
+
+    def _window_around(self, center: np.ndarray, every_prompt: np.ndarray, refine: bool) -> Window:
+        """A window for prompts centred at ``center`` (LPS mm): a suitable cached one, else a new one there."""
         candidates = list(self._last_logits) if refine else []  # the previous prediction's windows, first first
         candidates += [c for c in self._embeddings if c not in candidates]
         for candidate in candidates:
             window = Window(candidate, self.size)
             offset = np.abs(window.lps_to_voxel(center) - (self.size - 1) / 2)
             central = bool((offset <= self.size / 16).all())
-            if window.contains(every_prompt, margin=16) and (central or (refine and candidate in self._last_logits)):
+            if window.contains(every_prompt, margin=WINDOW_MARGIN) and (
+                    central or (refine and candidate in self._last_logits)):
                 return window
         spacing = Window.spacing
         # snap to the model-space lattice so cached and grown windows line up voxel for voxel
