@@ -22,6 +22,27 @@ DEFAULTS: dict[str, Any] = {
         "spacing": 1.5,  # mm, isotropic model space
         "min_voxels": 20,  # structures smaller than this (in model space) are not targets
         "synthetic_fraction": 0.0,  # share of samples painted from label maps (SynthSeg-style)
+        # share of samples composed from the shape bank (random shapes of every training label map, deformed and
+        # painted as CT or MR: medsam3d.training.synth), and from procedural objects only; 0 and 0: never drawn
+        "anatomy_fraction": 0.0,
+        "procedural_fraction": 0.0,
+        "anatomy": {  # the composed scenes (medsam3d.training.synth.SynthConfig)
+            "min_shapes": 3,  # objects per scene: bank shapes (anatomy) or procedural objects (procedural)
+            "max_shapes": 10,
+            "procedural_shapes": 3,  # at most this many procedural objects added to an anatomy scene
+            "ct_prob": 0.5,  # chance a scene is painted as CT (Hounsfield units), else MR
+            "elastic": 3.0,  # spread of the smooth displacement field, voxels
+            "rotate_deg": 180.0,  # a bank shape's rotation about each axis (>= 180: any orientation)
+            "scale": [0.7, 1.3],  # a bank shape's overall zoom, then per-axis factors within 1 +- anisotropy
+            "anisotropy": 0.2,
+            "layout_prob": 0.3,  # chance a scene starts from one case's shapes as they lie, deformed together
+            "contact_prob": 0.5,  # chance a shape is placed against an earlier one
+            "behind_prob": 0.3,  # chance a shape fills only free voxels (wraps around earlier ones) instead of over
+            "parcel_prob": 0.7,  # chance of random background parcels inside the body
+            "thick_slice_prob": 0.4,
+            "truncated_weight": 0.25,  # sampling weight of shapes cut by their scan's edge
+            "bank": None,  # shape bank file (default: built once beside the preprocessed cache)
+        },
         "size_weighting": 0.0,  # >0: large structures sampled up to 4x as often, (voxels/median)**this
         # chance a crop is rotated and scaled (bodies differ in size and pose; a handful of subjects show few)
         "affine_prob": 0.0,

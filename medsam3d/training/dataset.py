@@ -3,10 +3,15 @@
 Every random choice for a sample (crop jitter, synthetic painting, augmentation) is drawn from a generator
 seeded by (run seed, structure index, draw number), and the sampler's order is a pure function of the micro-step.
 So a resumed run sees exactly the samples an uninterrupted run would, whatever the number of workers.
+
+With ``anatomy_fraction`` / ``procedural_fraction`` a share of the samples is a composed synthetic scene instead
+(``medsam3d.training.synth``), chosen, built and augmented from its own generator seeded by (run seed, index,
+draw, 1): with both fractions 0 nothing is drawn from it and every sample is what it was without them.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
@@ -15,16 +20,25 @@ import numpy as np
 import torch
 from monai import transforms as mt
 
+from ..errors import InputError
 from ..preprocess import modality_of, normalise
 from .data import Structure
+from .synth import SynthConfig, bank_for, compose
 from .synthetic import paint
 
 
 class CropDataset(torch.utils.data.Dataset):
     def __init__(self, records: list[dict], folder: Path, structures: list[Structure], crop: int, seed: int,
                  synthetic_fraction: float = 0.0, augment: bool = True, fixed: bool = False,
-                 affine_prob: float = 0.0, rotate_deg: float = 10.0, scale: float = 0.15) -> None:
+                 affine_prob: float = 0.0, rotate_deg: float = 10.0, scale: float = 0.15,
+                 anatomy_fraction: float = 0.0, procedural_fraction: float = 0.0,
+                 synth: Optional[SynthConfig] = None) -> None:
         self.records, self.folder, self.structures = records, Path(folder), structures
+        self.anatomy_fraction, self.procedural_fraction = float(anatomy_fraction), float(procedural_fraction)
+        if (self.anatomy_fraction > 0 or self.procedural_fraction > 0) and synth is None:
+            raise ValueError("anatomy_fraction / procedural_fraction need a SynthConfig (synth)")
+        self.synth = None if synth is None else {
+            kind: replace(synth, kind=kind, size=crop, seed=seed) for kind in ("anatomy", "procedural")}
         self.crop, self.seed = crop, seed
         self.synthetic_fraction, self.augment, self.fixed = synthetic_fraction, augment, fixed
         flips = [mt.RandFlipd(["image", "target"], prob=0.5, spatial_axis=a) for a in range(3)]
@@ -35,6 +49,7 @@ class CropDataset(torch.utils.data.Dataset):
                                 scale_range=(scale,) * 3, mode=("bilinear", "bilinear"),
                                 padding_mode=("border", "zeros"))
         self.spatial = mt.Compose(flips + ([affine] if affine_prob > 0 else []))
+        self.flips = mt.Compose(flips)  # composed scenes: already rotated, scaled and deformed shape by shape
         self.intensity = mt.Compose([
             mt.RandScaleIntensity(factors=0.1, prob=0.5),
             mt.RandShiftIntensity(offsets=0.1, prob=0.5),
@@ -52,6 +67,13 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, draw = key
+        if not self.fixed and (self.anatomy_fraction > 0 or self.procedural_fraction > 0):
+            pick = np.random.default_rng([self.seed, index, draw, 1])
+            u = pick.random()
+            if u < self.anatomy_fraction + self.procedural_fraction:
+                sample = self._composed("anatomy" if u < self.anatomy_fraction else "procedural", pick, index)
+                if sample is not None:
+                    return sample
         rng = np.random.default_rng([self.seed, index, 0 if self.fixed else draw])
         s = self.structures[index]
         image, label = self._case(s.case)
@@ -65,15 +87,45 @@ class CropDataset(torch.utils.data.Dataset):
             img, modality = paint(lab, rng), "mr"  # painted intensities have no absolute scale
         img = normalise(img, modality)
         target = (lab == s.value).astype(np.float32)
+        return self._finish(img, target, rng, index)
+
+    def _finish(self, img: np.ndarray, target: np.ndarray, rng: np.random.Generator, index: int,
+                composed: bool = False) -> dict:
+        """Normalised crop and binary target (crop^3 each) -> augmented tensors (1, crop, crop, crop)."""
         if self.augment and not self.fixed:
             state = int(rng.integers(2**31 - 1))
-            sample = self.spatial.set_random_state(seed=state)({"image": img[None], "target": target[None]})
+            spatial = self.flips if composed else self.spatial
+            sample = spatial.set_random_state(seed=state)({"image": img[None], "target": target[None]})
             img = self.intensity.set_random_state(seed=state + 1)(sample["image"])
             target = np.asarray(sample["target"])[0]
             img = np.asarray(img)[0]
         return {"image": torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32)[None],
                 "target": torch.as_tensor(np.ascontiguousarray(target), dtype=torch.float32)[None],
                 "index": index}
+
+    def _composed(self, kind: str, rng: np.random.Generator, index: int) -> Optional[dict]:
+        """A composed scene and one of its targets; None (-> a real crop) if 3 scenes in a row had no target."""
+        for _ in range(3):
+            scene = compose(int(rng.integers(2**62)), self.synth[kind])
+            if len(scene.targets):
+                value = int(rng.choice(scene.targets))
+                img = normalise(scene.image, scene.modality)
+                return self._finish(img, (scene.label == value).astype(np.float32), rng, index, composed=True)
+        return None
+
+
+def synth_config(data: dict, records: list[dict], folder: Path, log=print) -> Optional[SynthConfig]:
+    """A run's ``data`` settings -> the composed scenes' SynthConfig (with the shape bank of the preprocessed
+    cases when anatomy scenes are drawn), or None when no composed scene is drawn."""
+    anatomy, procedural = float(data["anatomy_fraction"]), float(data["procedural_fraction"])
+    if min(anatomy, procedural) < 0 or anatomy + procedural > 1:
+        raise InputError("data.anatomy_fraction and data.procedural_fraction must be >= 0 and sum to at most 1")
+    if anatomy == 0 and procedural == 0:
+        return None
+    options = dict(data["anatomy"])
+    path = options.pop("bank", None)
+    bank = bank_for(records, folder, data["holdout"], float(data["spacing"]), path, log) if anatomy > 0 else None
+    return SynthConfig.from_options(options, min_voxels=int(data["min_voxels"]), bank=bank)
 
 
 def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:

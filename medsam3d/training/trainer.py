@@ -27,7 +27,7 @@ from ..io import atomic_output
 from ..models import build_model, config_dict, read_state_dict
 from . import ddp
 from .data import preprocess, structures
-from .dataset import CropDataset, StepBatchSampler, size_repeats
+from .dataset import CropDataset, StepBatchSampler, size_repeats, synth_config
 from .interactive import InteractiveStep
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -95,9 +95,12 @@ class Run:
         if not targets:
             raise InputError("no structure large enough to train on in the usable cases")
         self.log(f"{len(records)} case(s), {len(targets)} structure(s); cache {folder}")
+        synth = None if fixed else ddp.on_main_then_all(lambda: synth_config(data, records, folder, log=self.log))
         return CropDataset(records, folder, targets, crop, int(self.cfg["seed"]), data["synthetic_fraction"],
                            augment=not fixed, fixed=fixed, affine_prob=float(data["affine_prob"]),
-                           rotate_deg=float(data["rotate_deg"]), scale=float(data["scale"]))
+                           rotate_deg=float(data["rotate_deg"]), scale=float(data["scale"]),
+                           anatomy_fraction=0.0 if fixed else float(data["anatomy_fraction"]),
+                           procedural_fraction=0.0 if fixed else float(data["procedural_fraction"]), synth=synth)
 
     def batches(self, dataset: CropDataset, start_micro: int) -> Iterator[dict]:
         repeats = size_repeats(np.array([s.voxels for s in dataset.structures]),
