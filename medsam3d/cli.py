@@ -20,7 +20,7 @@ from . import __version__
 from .errors import InputError
 from .io import write_text_atomic
 from .jobs import check_job, objects_from_json, read_jobs, run_job
-from .preprocess import check_modality
+from .intensity import check_modality
 from .prompts import check_frame, parse_numbers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -192,34 +192,50 @@ def evaluate(
     labels: Optional[str] = typer.Option(None, "--labels", help="comma-separated label values (default: all)"),
     min_size_ml: float = typer.Option(1.0, "--min-size-ml", help="smallest target volume"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="run the classical baselines too"),
+    no_model: bool = typer.Option(False, "--no-model", help="the baselines alone (--model is not loaded)"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
 ) -> None:
+    import warnings
+
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.evaluate import plot as draw
     from .evaluation.methods import ModelMethod, RandomWalker, RegionGrowing
+    from .evaluation.progress import LiveProgress
     from .io import check_writable
     from .segmenter import Segmenter
 
     if not (dataset / "dataset.json").is_file():
         raise InputError(f"{dataset} is not a dataset folder (no dataset.json)")
+    if no_model and not baselines:
+        raise InputError("--no-model with --no-baselines leaves nothing to evaluate")
     counts = [int(c) for c in parse_numbers(clicks, len(clicks.split(",")), "--clicks")]
-    if plot is not None:
-        check_writable(plot.with_suffix(".nii.gz"))  # folder exists and is writable
-    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
-    name = getattr(segmenter.model, "name", model)
-    methods = {name: ModelMethod(segmenter, name)}
+    for path in (out, plot) if plot is not None else (out,):
+        check_writable(path.with_suffix(".nii.gz"))  # folder exists and is writable, before any work
+    methods, extra = {}, {}
+    if not no_model:
+        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
+        name = getattr(segmenter.model, "name", model)
+        methods[name] = ModelMethod(segmenter, name)
+        extra["checkpoint_sha256"] = segmenter.weights_sha256
     if baselines:
         methods.update({"region_growing": RegionGrowing(), "random_walker": RandomWalker()})
-    results = run_evaluation(dataset, methods, counts, min_size_ml,
-                             cases=cases.split(",") if cases else None,
-                             label_values=[int(v) for v in labels.split(",")] if labels else None,
-                             log=lambda m: err.print(m, highlight=False))
-    results["checkpoint_sha256"] = segmenter.weights_sha256
-    write_text_atomic(out, json.dumps(results, indent=2))
+    with warnings.catch_warnings(), LiveProgress(err) as progress:
+        if not _state["debug"]:  # libraries' warnings (scikit-image's "probability range", ...) only with --debug
+            warnings.simplefilter("ignore")
+        results = run_evaluation(dataset, methods, counts, min_size_ml,
+                                 cases=cases.split(",") if cases else None,
+                                 label_values=[int(v) for v in labels.split(",")] if labels else None,
+                                 log=progress.log, out=out, extra=extra, progress=progress,
+                                 model=None if no_model else "")
     if plot is not None:
         draw(results, plot)
-    err.print(f"mean Dice {json.dumps(results['mean_dice'])} -> {out}", highlight=False)
+    failed = {m: v["n_failed"] for m, v in [(results["model"], results), *results["baselines"].items()]
+              if m and v.get("n_failed")}
+    summary = {m: v for m, v in [(results["model"], results.get("mean_dice")),
+                                 *((b, v["mean_dice"]) for b, v in results["baselines"].items())] if m}
+    err.print(f"mean Dice {json.dumps(summary)}" + (f"; failed: {json.dumps(failed)}" if failed else "")
+              + f" -> {out}", highlight=False, soft_wrap=True)
 
 
 models_app = typer.Typer(no_args_is_help=True, help="The local model store ($MEDSAM3D_HOME).")

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_output, write_text_atomic  # noqa: F401 (part of io's API)
 from .errors import InputError
 
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -275,31 +276,6 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure remove it.
-
-    Every file medsam3d writes goes through here, so no reader ever sees a half-written file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        # mkstemp makes the file owner-only (0600); give the result the mode a plain open() would have
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     """Write atomically: to a temporary file in the same folder, then rename over ``path``."""
     path = check_writable(path)
@@ -331,13 +307,3 @@ def _write_nifti_with_header(volume: Volume, path: str) -> None:
             f.write(gzip.compress(image.to_bytes(), compresslevel=1))
     else:
         nib.save(image, path)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    with atomic_output(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
-    return path

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .io import Volume, nifti_header, read_sitk, zeros_ijk
-from .preprocess import Window, check_modality, crop_window, guess_modality, mask_to_window, normalise, paste_back
+from .intensity import check_modality, guess_modality, normalise
+from .preprocess import Window, crop_window, mask_to_window, paste_back
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
@@ -106,7 +107,7 @@ class Segmenter:
         self.volume: Optional[Volume] = None
         self._source = None  # SimpleITK image of the volume, for resampling
         self._fill = 0.0
-        self.modality = "mr"  # intensity handling of the current volume (preprocess.normalise)
+        self.modality = "mr"  # intensity handling of the current volume (intensity.normalise)
         self._embeddings: dict[tuple, Any] = {}  # window centre -> encode's output
         self._last_logits: dict[tuple, torch.Tensor] = {}  # the last prediction's low-res logits per window
         # called with a step's name around steps that can take seconds; returns a context manager (CLI: spinner)
@@ -116,7 +117,7 @@ class Segmenter:
     def set_volume(self, volume: Volume | str | Path, series_uid: Optional[str] = None,
                    modality: str = "auto") -> Volume:
         """Load (or take) the scan; clears the embedding cache. ``modality`` "ct" or "mr" chooses the intensity
-        handling (``preprocess.normalise``); "auto" says CT when the scan holds air in Hounsfield units."""
+        handling (``intensity.normalise``); "auto" says CT when the scan holds air in Hounsfield units."""
         modality = check_modality(modality)
         if isinstance(volume, Volume):
             self.volume = volume

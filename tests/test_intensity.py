@@ -1,4 +1,4 @@
-"""Per-modality intensity handling (preprocess.normalise) and how a scan's modality is chosen."""
+"""Per-modality intensity handling (intensity.normalise) and how a scan's modality is chosen."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medsam3d.errors import InputError
-from medsam3d.preprocess import guess_modality, modality_of, normalise, zscore_foreground
+from medsam3d.intensity import guess_modality, modality_of, normalise, zscore_foreground
 from medsam3d.segmenter import Segmenter
 
 from helpers import ThresholdModel, sphere_volume

@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
     "model": {"name": "medsam3d-tiny", "config": {}, "checkpoint": None},
     "data": {
         "roots": [],  # nnU-Net v2 or Medical Segmentation Decathlon folders
+        # instead of roots: a folder of cases already in model space (cases.json + .npz, scripts/burst.py pack),
+        # which trains without reading a scan (and without SimpleITK)
+        "packed": None,
         "labels": None,  # subset of label values to train on (None: all)
         "spacing": 1.5,  # mm, isotropic model space
         "min_voxels": 20,  # structures smaller than this (in model space) are not targets
@@ -74,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
         "freeze": [],  # parts kept fixed: image_encoder, prompt_encoder, mask_decoder
         "only": [],  # if given, the submodules trained (dotted names); everything else is kept fixed
         "checkpoint_every": 50,
+        "snapshot_every": 0,  # >0: also keep the weights alone every this many steps (snapshots/, learning curves)
+        "max_minutes": 0,  # >0: stop (checkpointed and exported) once this much wall-clock time has passed
         "log_every": 10,
         "amp": "auto",  # bf16 autocast on CUDA; off on CPU
     },

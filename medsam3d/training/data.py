@@ -16,14 +16,15 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
+from ..atomic import atomic_output, write_text_atomic
 from ..errors import InputError
-from ..io import _ijk_from_sitk_array, atomic_output, write_text_atomic
-from ..preprocess import RAS_DIRECTION_IN_LPS
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 CACHE_VERSION = 1  # bump when preprocessing changes: old caches are then ignored
 
@@ -90,6 +91,8 @@ def fingerprint(cases: Sequence[Case], settings: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+# SimpleITK is imported where scans are read, not at the top: a job that trains from an already preprocessed (or
+# packed) cache runs without it (scripts/burst.py on a GPU machine that has no SimpleITK)
 def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
     return (a.GetSize() == b.GetSize()
             and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4, atol=1e-4)
@@ -99,6 +102,11 @@ def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
 
 def to_model_space(image: sitk.Image, spacing: float, interpolator: int, fill: float, pixel: int) -> np.ndarray:
     """Resample onto an RAS+ isotropic grid covering the image -> array [x, y, z] in model axis order."""
+    import SimpleITK as sitk
+
+    from ..io import _ijk_from_sitk_array
+    from ..preprocess import RAS_DIRECTION_IN_LPS
+
     size = np.array(image.GetSize())
     corners = np.array([[a, b, c] for a in (0, size[0] - 1) for b in (0, size[1] - 1) for c in (0, size[2] - 1)])
     lps = np.array([image.TransformContinuousIndexToPhysicalPoint([float(x) for x in c]) for c in corners])
@@ -115,6 +123,8 @@ def to_model_space(image: sitk.Image, spacing: float, interpolator: int, fill: f
 
 def _check_pair(case: Case) -> tuple[Optional[str], Optional[sitk.Image], Optional[sitk.Image]]:
     """-> (reason to skip or None, image, label)."""
+    import SimpleITK as sitk
+
     if case.label is None:
         return "missing label", None, None
     try:
@@ -147,6 +157,8 @@ def preprocess(roots: Sequence[str | Path], cache: str | Path, spacing: float = 
     index = folder / "cases.json"
     if index.is_file():
         return folder, json.loads(index.read_text())
+    import SimpleITK as sitk
+
     folder.mkdir(parents=True, exist_ok=True)
     records, skipped = [], []
     for case in cases:
@@ -168,6 +180,19 @@ def preprocess(roots: Sequence[str | Path], cache: str | Path, spacing: float = 
     if not records:
         raise InputError(f"no usable image/label pair in {', '.join(map(str, roots))}: {', '.join(skipped)}")
     write_text_atomic(index, json.dumps(records, indent=1))
+    return folder, records
+
+
+def packed_cases(folder: str | Path, holdout: Sequence[str] = ()) -> tuple[Path, list[dict]]:
+    """A packed folder (``cases.json`` + one .npz per case, model space) -> (folder, case records)."""
+    folder = Path(folder)
+    index = folder / "cases.json"
+    if not index.is_file():
+        raise InputError(f"data.packed: {folder} holds no cases.json (write one with: python scripts/burst.py pack)")
+    records = json.loads(index.read_text())
+    leaked = sorted({r["case_id"] for r in records} & set(holdout))
+    if leaked:
+        raise InputError(f"data.packed: {folder} holds held-out case(s) {', '.join(leaked)}")
     return folder, records
 
 

@@ -21,7 +21,7 @@ import torch
 from monai import transforms as mt
 
 from ..errors import InputError
-from ..preprocess import modality_of, normalise
+from ..intensity import modality_of, normalise
 from .data import Structure
 from .synth import SynthConfig, bank_for, compose
 from .synthetic import paint
@@ -63,7 +63,7 @@ class CropDataset(torch.utils.data.Dataset):
     @lru_cache(maxsize=8)
     def _case(self, case: int) -> tuple[np.ndarray, np.ndarray]:
         data = np.load(self.folder / self.records[case]["file"])
-        return data["image"], data["label"]
+        return data["image"].astype(np.float32, copy=False), data["label"]  # packed cases: int16 HU or float16
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, draw = key

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..io import atomic_output
+from ..atomic import atomic_output
 from . import ddp
 from .interactive import HolisticDistillationStep
 from .trainer import Run, build_from, interactive_loop, set_trainable, step_seed

@@ -23,10 +23,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import InputError
-from ..io import atomic_output
+from ..atomic import atomic_output
 from ..models import build_model, config_dict, read_state_dict
 from . import ddp
-from .data import preprocess, structures
+from .data import packed_cases, preprocess, structures
 from .dataset import CropDataset, StepBatchSampler, size_repeats, synth_config
 from .interactive import InteractiveStep
 
@@ -85,12 +85,15 @@ class Run:
     # ------------------------------------------------------------------ data
     def dataset(self, crop: int, fixed: bool = False) -> CropDataset:
         data = self.cfg["data"]
-        if not data["roots"]:
+        if data["packed"]:
+            folder, records = packed_cases(data["packed"], data["holdout"])
+        elif not data["roots"]:
             raise InputError("no data: set data.roots in the config (nnU-Net v2 or Decathlon dataset folders)")
-        cache = Path(data["cache"] or self.out / "cache")
-        # rank 0 preprocesses into the cache; the others then read its index
-        folder, records = ddp.on_main_then_all(
-            lambda: preprocess(data["roots"], cache, data["spacing"], data["holdout"], log=self.log))
+        else:
+            cache = Path(data["cache"] or self.out / "cache")
+            # rank 0 preprocesses into the cache; the others then read its index
+            folder, records = ddp.on_main_then_all(
+                lambda: preprocess(data["roots"], cache, data["spacing"], data["holdout"], log=self.log))
         targets = structures(records, folder, data["labels"], data["min_voxels"])
         if not targets:
             raise InputError("no structure large enough to train on in the usable cases")
@@ -156,6 +159,18 @@ class Run:
                                   "python": random.getstate()}, "config": self.cfg, "command": self.kind}
         with atomic_output(self.out / "checkpoints" / name) as tmp:
             torch.save(state, tmp)
+
+    def snapshot(self, model: nn.Module, step: int) -> None:
+        """Weights alone at ``step`` (``snapshots/stepN.pt``, float16), for learning curves: last.pt is overwritten."""
+        if not self.main:
+            return
+        (self.out / "snapshots").mkdir(exist_ok=True)
+        spec = self.out / "snapshots" / "model.yaml"  # what the snapshots load into, as --model takes it
+        if not spec.exists():
+            spec.write_text(yaml.safe_dump({"model": model.name, **config_dict(model.config)}, sort_keys=False))
+        state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        with atomic_output(self.out / "snapshots" / f"step{step}.pt") as tmp:
+            torch.save({"model": state}, tmp)
 
     def restore(self, module: nn.Module, module_key: str, opt, sched, what: str) -> int:
         """Load module, optimiser, scheduler and RNG states from the checkpoint being resumed -> its step."""
@@ -262,6 +277,7 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
     batches = run.batches(dataset, (start - offset) * accum)
     loss_value = float("nan")
     rank_hits = rank_count = 0.0  # first-click ranking accuracy, summed since the last log line
+    began, budget = time.monotonic(), float(t["max_minutes"]) * 60.0
     for step in range(start, steps):
         t0 = time.perf_counter()
         losses, dices, ranked = [], [], []
@@ -297,6 +313,16 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
         if (step + 1) % int(t["checkpoint_every"]) == 0 or step + 1 == steps:
             run.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "step": step + 1, "rank_digests": run.check_in_sync(model), **state_extra})
+        if t["snapshot_every"] and (step + 1) % int(t["snapshot_every"]) == 0:
+            run.snapshot(model, step + 1)
+        # every rank stops at the same step: the slowest one's clock decides
+        if budget and ddp.mean_across_ranks(float(time.monotonic() - began > budget), run.device) > 0:
+            if (step + 1) % int(t["checkpoint_every"]) != 0 and step + 1 != steps:
+                run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "step": step + 1,
+                          "rank_digests": run.check_in_sync(model), **state_extra})
+            run.log(f"stopping at step {step + 1}: train.max_minutes ({t['max_minutes']}) has passed")
+            break
     return loss_value
 
 

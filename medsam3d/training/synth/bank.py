@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import InputError
-from ...io import atomic_output
+from ...atomic import atomic_output
 from .tissues import tissue_of
 
 BANK_VERSION = 2

@@ -65,7 +65,7 @@ class Synthetic(NamedTuple):
     image: np.ndarray  # (size, size, size) float32: HU ("ct") or arbitrary positive scale ("mr")
     label: np.ndarray  # (size, size, size) int16: 0 outside the body, 1 body, then background parcels and objects
     targets: np.ndarray  # (k,) int: labels of objects with at least min_voxels voxels
-    modality: str  # "ct" or "mr": how medsam3d.preprocess.normalise treats the image
+    modality: str  # "ct" or "mr": how medsam3d.intensity.normalise treats the image
 
 
 def compose(index: int, config: SynthConfig) -> Synthetic:
