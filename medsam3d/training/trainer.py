@@ -316,7 +316,7 @@ def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sc
         if t["snapshot_every"] and (step + 1) % int(t["snapshot_every"]) == 0:
             run.snapshot(model, step + 1)
         # every rank stops at the same step: the slowest one's clock decides
-        if budget and ddp.mean_across_ranks(float(time.monotonic() - began > budget), run.device) > 0:
+        if budget and step + 1 < steps and ddp.mean_across_ranks(float(time.monotonic() - began > budget), run.device) > 0:
             if (step + 1) % int(t["checkpoint_every"]) != 0 and step + 1 != steps:
                 run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "step": step + 1,
