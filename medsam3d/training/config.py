@@ -46,6 +46,24 @@ DEFAULTS: dict[str, Any] = {
             "truncated_weight": 0.25,  # sampling weight of shapes cut by their scan's edge
             "bank": None,  # shape bank file (default: built once beside the preprocessed cache)
         },
+        # share of samples whose target is a pseudo-mask of a training case (labelled or in pseudo.roots; never
+        # a held-out one), with the real image: medsam3d.training.pseudo. 0: never drawn
+        "pseudo_fraction": 0.0,
+        "pseudo": {  # medsam3d.training.pseudo.PseudoSettings, plus the unlabelled image folders
+            "roots": [],  # e.g. data/public/Unlabelled (fetch_public_data.sh)
+            "scales": [6, 10],  # supervoxel seed spacing, voxels
+            "levels": [0.02, 0.03, 0.045, 0.065, 0.09, 0.12, 0.16],  # merge-cost levels of the hierarchy
+            "persist": 2,  # levels a region must survive (nearly) unchanged
+            "grow": 0.1,
+            "min_contrast": 1.4,  # mean boundary gradient / mean inside gradient
+            "smooth": 1.0,
+            "boundary": 0.5,  # weight of the boundary gradient in the merge cost
+            "min_voxels": 300,
+            "max_voxels": 700000,
+            "max_body_share": 0.6,
+            "min_fill": 0.05,  # voxels / bounding-box voxels
+            "max_surface": 30.0,  # boundary faces / voxels^(2/3)
+        },
         "size_weighting": 0.0,  # >0: large structures sampled up to 4x as often, (voxels/median)**this
         # chance a crop is rotated and scaled (bodies differ in size and pose; a handful of subjects show few)
         "affine_prob": 0.0,

@@ -7,6 +7,8 @@ So a resumed run sees exactly the samples an uninterrupted run would, whatever t
 With ``anatomy_fraction`` / ``procedural_fraction`` a share of the samples is a composed synthetic scene instead
 (``medsam3d.training.synth``), chosen, built and augmented from its own generator seeded by (run seed, index,
 draw, 1): with both fractions 0 nothing is drawn from it and every sample is what it was without them.
+With ``pseudo_fraction`` a further share (drawn from the same number) is a real crop of a training case whose
+target is one of its pseudo-masks (``medsam3d.training.pseudo``): with all three fractions 0, nothing changes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from monai import transforms as mt
 from ..errors import InputError
 from ..intensity import modality_of, normalise
 from .data import Structure
+from .pseudo import PseudoSource
 from .synth import SynthConfig, bank_for, compose
 from .synthetic import paint
 
@@ -32,8 +35,12 @@ class CropDataset(torch.utils.data.Dataset):
                  synthetic_fraction: float = 0.0, augment: bool = True, fixed: bool = False,
                  affine_prob: float = 0.0, rotate_deg: float = 10.0, scale: float = 0.15,
                  anatomy_fraction: float = 0.0, procedural_fraction: float = 0.0,
-                 synth: Optional[SynthConfig] = None) -> None:
+                 synth: Optional[SynthConfig] = None, pseudo_fraction: float = 0.0,
+                 pseudo: Optional[PseudoSource] = None) -> None:
         self.records, self.folder, self.structures = records, Path(folder), structures
+        self.pseudo_fraction, self.pseudo = float(pseudo_fraction), pseudo
+        if self.pseudo_fraction > 0 and pseudo is None:
+            raise ValueError("pseudo_fraction needs a PseudoSource (pseudo)")
         self.anatomy_fraction, self.procedural_fraction = float(anatomy_fraction), float(procedural_fraction)
         if (self.anatomy_fraction > 0 or self.procedural_fraction > 0) and synth is None:
             raise ValueError("anatomy_fraction / procedural_fraction need a SynthConfig (synth)")
@@ -67,13 +74,16 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, draw = key
-        if not self.fixed and (self.anatomy_fraction > 0 or self.procedural_fraction > 0):
+        if not self.fixed and (self.anatomy_fraction > 0 or self.procedural_fraction > 0 or self.pseudo_fraction > 0):
             pick = np.random.default_rng([self.seed, index, draw, 1])
             u = pick.random()
-            if u < self.anatomy_fraction + self.procedural_fraction:
+            composed = self.anatomy_fraction + self.procedural_fraction
+            if u < composed:
                 sample = self._composed("anatomy" if u < self.anatomy_fraction else "procedural", pick, index)
                 if sample is not None:
                     return sample
+            elif u < composed + self.pseudo_fraction:
+                return self._pseudo(pick, index)
         rng = np.random.default_rng([self.seed, index, 0 if self.fixed else draw])
         s = self.structures[index]
         image, label = self._case(s.case)
@@ -102,6 +112,16 @@ class CropDataset(torch.utils.data.Dataset):
         return {"image": torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32)[None],
                 "target": torch.as_tensor(np.ascontiguousarray(target), dtype=torch.float32)[None],
                 "index": index}
+
+    def _pseudo(self, rng: np.random.Generator, index: int) -> dict:
+        """A crop of a training case around one of its pseudo-masks, which is the target."""
+        c, m = self.pseudo.draw(rng)
+        image, masks = self.pseudo.image(c), self.pseudo.cases[c][2]
+        centre = masks.centers[m] + rng.integers(-self.crop // 4, self.crop // 4 + 1, 3)
+        img = _crop(image, centre, self.crop, float(image.min()))
+        target = masks.crop(m, centre - self.crop // 2, self.crop)
+        img = normalise(img, modality_of(self.pseudo.cases[c][0].get("modality", "unknown")))
+        return self._finish(img, target, rng, index)
 
     def _composed(self, kind: str, rng: np.random.Generator, index: int) -> Optional[dict]:
         """A composed scene and one of its targets; None (-> a real crop) if 3 scenes in a row had no target."""

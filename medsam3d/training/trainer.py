@@ -29,6 +29,7 @@ from . import ddp
 from .data import packed_cases, preprocess, structures
 from .dataset import CropDataset, StepBatchSampler, size_repeats, synth_config
 from .interactive import InteractiveStep
+from .pseudo import pseudo_source
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
@@ -99,11 +100,13 @@ class Run:
             raise InputError("no structure large enough to train on in the usable cases")
         self.log(f"{len(records)} case(s), {len(targets)} structure(s); cache {folder}")
         synth = None if fixed else ddp.on_main_then_all(lambda: synth_config(data, records, folder, log=self.log))
+        pseudo = None if fixed else ddp.on_main_then_all(lambda: pseudo_source(data, records, folder, log=self.log))
         return CropDataset(records, folder, targets, crop, int(self.cfg["seed"]), data["synthetic_fraction"],
                            augment=not fixed, fixed=fixed, affine_prob=float(data["affine_prob"]),
                            rotate_deg=float(data["rotate_deg"]), scale=float(data["scale"]),
                            anatomy_fraction=0.0 if fixed else float(data["anatomy_fraction"]),
-                           procedural_fraction=0.0 if fixed else float(data["procedural_fraction"]), synth=synth)
+                           procedural_fraction=0.0 if fixed else float(data["procedural_fraction"]), synth=synth,
+                           pseudo_fraction=0.0 if fixed else float(data["pseudo_fraction"]), pseudo=pseudo)
 
     def batches(self, dataset: CropDataset, start_micro: int) -> Iterator[dict]:
         repeats = size_repeats(np.array([s.voxels for s in dataset.structures]),
