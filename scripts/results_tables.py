@@ -32,8 +32,8 @@ def structure_table(results: dict) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in results["per_structure"]:
         cells = [str(row.get("name", row.get("label"))), f"{row.get('volume_ml', float('nan')):.1f}"]
-        cells += [f"{row['dice'][k]:.3f}" for k in clicks]
-        cells += [f"{row['baselines'][b]['dice'][clicks[-1]]:.3f}" for b in baselines]
+        cells += [_cell(row.get("dice"), k) for k in clicks]  # a failed structure has an error, no Dice
+        cells += [_cell(row["baselines"].get(b, {}).get("dice"), clicks[-1]) for b in baselines]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -51,5 +51,10 @@ def main() -> None:
             print("\n".join(structure_table(results)) + "\n")
 
 
+def _cell(dice, k) -> str:
+    return f"{dice[k]:.3f}" if dice and k in dice else "error"
+
+
 if __name__ == "__main__":
     main()
+

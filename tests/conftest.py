@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# before numpy loads OpenBLAS: the random walker's solver makes thousands of tiny BLAS calls, which two BLAS threads
+# on a busy 2-core machine run about 8x slower than one
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("MEDSAM3D_REFERENCE", REPO.parent / "shared" / "reference"))

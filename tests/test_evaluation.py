@@ -172,3 +172,173 @@ def test_evaluate_command_writes_results_and_plot(tmp_path, capsys):
     assert results["protocol"]["clicks"] == [1, 2] and len(results["checkpoint_sha256"]) == 64
     assert (tmp_path / "dice.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["evaluate", str(tmp_path), "--out", str(tmp_path / "r.json")]) == 2
+
+
+def test_nsd_is_monais_number():
+    from scipy import ndimage
+
+    from medsam3d.evaluation.metrics import monai_nsd
+
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        a = ndimage.gaussian_filter(rng.normal(size=(30, 34, 26)), 3) > 0
+        b = ndimage.binary_dilation(a, iterations=2) if trial % 2 else \
+            ndimage.gaussian_filter(rng.normal(size=(30, 34, 26)), 3) > 0
+        spacing = [(1.0, 1.0, 1.0), (0.71484375, 0.71484375, 2.526315689086914), (0.977, 0.8, 2.0)][trial % 3]
+        assert nsd(a, b, spacing, 2.0) == monai_nsd(a, b, spacing, 2.0)
+
+
+class FlakyMethod:
+    """Stands in for a method that fails on one target (the ``fail_on``-th) and finds the others perfectly."""
+
+    def __init__(self, fail_on=2, error=ValueError("boom")):
+        self.name, self.fail_on, self.error, self.starts = "flaky", fail_on, error, 0
+
+    def reset(self, volume):
+        pass
+
+    def start_target(self):
+        self.starts += 1
+
+    def predict(self, points, labels):
+        if self.starts == self.fail_on:
+            raise self.error
+        return self.answer
+
+
+class Oracle(FlakyMethod):
+    """Returns the target it is told about (so a run is quick and its numbers known)."""
+
+    def __init__(self, targets, **kw):
+        super().__init__(**kw)
+        self.targets = targets
+
+    def predict(self, points, labels):
+        self.answer = self.targets[self.starts - 1]
+        return super().predict(points, labels)
+
+
+def dataset_targets(root):
+    from medsam3d.io import read_volume
+
+    labels = read_volume(root / "labelsTr" / "c0.nii.gz").array
+    return [labels == 1, labels == 2]
+
+
+def test_a_failing_structure_is_recorded_and_the_others_scored(tmp_path):
+    root = write_dataset(tmp_path / "Dataset902_Boxes", n=1)
+    targets = dataset_targets(root)
+    methods = {"model": Oracle(targets, fail_on=0), "region_growing": RegionGrowing(),
+               "flaky": Oracle(targets, fail_on=2, error=ValueError("no such thing"))}
+    out = tmp_path / "results.json"
+    returned = evaluate(root, methods, clicks=[1, 2], out=out, log=lambda m: None)
+    results = json.loads(out.read_text())
+    assert results["complete"] is True and results["n_structures"] == 2
+    first, second = results["per_structure"]
+    assert first["baselines"]["flaky"]["dice"] == {"1": 1.0, "2": 1.0}
+    assert second["baselines"]["flaky"] == {"error": "ValueError: no such thing"}
+    assert second["baselines"]["region_growing"]["dice"]["1"] > 0.8 and second["dice"]["1"] == 1.0
+    assert results["baselines"]["flaky"]["n_failed"] == 1 and results["baselines"]["flaky"]["n_scored"] == 1
+    assert results["baselines"]["flaky"]["mean_dice"]["1"] == 1.0  # over the scored structure, not 0 for the other
+    assert results["n_failed"] == 0 and results["mean_dice"] == {"1": 1.0, "2": 1.0}
+    assert returned["per_structure"] == results["per_structure"]
+
+
+def test_results_are_written_after_each_structure_and_a_stopped_run_keeps_them(tmp_path):
+    from medsam3d.evaluation.evaluate import Progress
+
+    root = write_dataset(tmp_path / "Dataset903_Boxes", n=2)
+    out = tmp_path / "results.json"
+    seen = []
+
+    class Reader(Progress):
+        def structure_done(self):
+            on_disk = json.loads(out.read_text())
+            seen.append((on_disk["n_structures"], on_disk["complete"]))
+
+    targets = dataset_targets(root)
+    evaluate(root, {"model": Oracle(targets * 2, fail_on=0)}, clicks=[1], out=out, progress=Reader(),
+             log=lambda m: None)
+    assert seen == [(1, False), (2, False), (3, False), (4, False)]
+    assert json.loads(out.read_text())["complete"] is True
+    # stopped (Ctrl-C) during the second structure: the first one's results stay on disk
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(root, {"model": Oracle(targets * 2, fail_on=2, error=KeyboardInterrupt())}, clicks=[1], out=out,
+                 log=lambda m: None)
+    kept = json.loads(out.read_text())
+    assert kept["complete"] is False and kept["n_structures"] == 1 and kept["mean_dice"] == {"1": 1.0}
+
+
+def bridged_boxes():
+    """Two boxes of one intensity joined by a bridge (a leak waiting to happen), on 3 mm voxels ->
+    (volume, labels)."""
+    labels = np.zeros((22, 22, 14), dtype=np.uint8)
+    labels[box(labels.shape, (2, 3, 3), (9, 15, 11))] = 1
+    labels[box(labels.shape, (12, 3, 3), (19, 15, 11))] = 2
+    image = np.where(labels > 0, 100.0, 40.0)
+    image[box(labels.shape, (9, 7, 5), (12, 10, 8))] = 100.0  # the bridge: 3 x 3 voxels across, unlabelled
+    rng = np.random.default_rng(0)
+    image = image + rng.normal(0, 4, labels.shape)
+    return Volume(image.astype(np.float32), (3.0, 3.0, 3.0), (0, 0, 0), np.eye(3)), labels
+
+
+@pytest.mark.parametrize("method", [RegionGrowing, RandomWalker])
+def test_a_negative_click_removes_a_leak(method):
+    volume, labels = bridged_boxes()
+    target, other = labels == 1, labels == 2
+    inside, beyond = deepest_point(target), deepest_point(other)
+    baseline = method()
+    baseline.reset(volume)
+    leaked = baseline.predict(inside[None].astype(float), np.array([1]))
+    assert leaked[other].mean() > 0.3  # through the bridge into the other box
+    fixed = baseline.predict(np.stack([inside, beyond]).astype(float), np.array([1, 0]))
+    assert fixed[other].mean() < 0.05 and dice(fixed, target) > 0.9 > dice(leaked, target)
+
+
+def test_baselines_do_not_get_worse_with_clicks(tmp_path):
+    root = tmp_path / "Dataset904_Bridged"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    volume, labels = bridged_boxes()
+    labels[box(labels.shape, (2, 17, 3), (19, 21, 11))] = 3  # a slab: a bright half and a dim half
+    image = volume.array.copy()
+    image[box(labels.shape, (2, 17, 3), (10, 21, 11))] += 60
+    image[box(labels.shape, (10, 17, 3), (19, 21, 11))] += 25
+    for array, path in ((image, root / "imagesTr" / "b_0000.nii.gz"), (labels, root / "labelsTr" / "b.nii.gz")):
+        img = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy())
+        img.SetSpacing((3.0, 3.0, 3.0))
+        sitk.WriteImage(img, str(path))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
+                                                   "labels": {"background": 0, "a": 1, "b": 2, "slab": 3}}))
+    results = evaluate(root, {"region_growing": RegionGrowing(), "random_walker": RandomWalker()},
+                       clicks=[1, 2, 3, 5], model=None, log=lambda m: None)
+    assert results["model"] is None and results["mean_dice"] is None and results["n_structures"] == 3
+    for name in ("region_growing", "random_walker"):
+        means = [results["baselines"][name]["mean_dice"][k] for k in ("1", "2", "3", "5")]
+        # never lower than before, up to 0.02: once near 0.99 the next click lands on a voxel-wide boundary error
+        assert all(b >= a - 0.02 for a, b in zip(means, means[1:])), (name, means)
+        assert means[-1] > means[0] + 0.1 and means[-1] > 0.9, (name, means)
+
+
+def test_evaluate_command_keeps_library_warnings_out_unless_debug(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    root = write_dataset(tmp_path / "Dataset905_Boxes", n=1)
+
+    def noisy(self, points, labels):  # what scikit-image's random walker says on a loose solve
+        warnings.warn("The probability range is outside [0, 1] given the tolerance `prob_tol`.", UserWarning)
+        return np.zeros(self.volume.shape, dtype=bool)
+
+    monkeypatch.setattr(RandomWalker, "predict", noisy)
+    for debug, expected in (([], 0), (["--debug"], 1)):
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            code = main(debug + ["evaluate", str(root), "--no-model", "--clicks", "1",
+                                 "--out", str(tmp_path / "r.json")])
+        assert code == 0, capsys.readouterr().err
+        assert sum("probability range" in str(w.message) for w in shown) >= expected
+        if not debug:
+            assert not any("probability range" in str(w.message) for w in shown)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["model"] is None and set(results["baselines"]) == {"region_growing", "random_walker"}
+    assert "mean Dice" in capsys.readouterr().err
