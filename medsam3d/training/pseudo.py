@@ -33,7 +33,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
 
 from ..errors import InputError
-from ..io import atomic_output
+from ..atomic import atomic_output
 from .synth.bank import split_heldout
 
 PSEUDO_VERSION = 1  # bump when the algorithm changes: old caches are then ignored
