@@ -45,6 +45,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
-    with atomic_output(path) as tmp, open(tmp, "w") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     return path

@@ -264,7 +264,7 @@ def models_info(name: str = typer.Argument(...),
     row = store.info(name)
     card = store.PACKAGED / row["card"] if name == "default" and row.get("card") else None
     if card is not None and card.is_file() and not as_json:
-        typer.echo(card.read_text())
+        typer.echo(card.read_text(encoding="utf-8"))
     else:
         typer.echo(json.dumps(row, indent=2, default=str))
 

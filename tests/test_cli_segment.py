@@ -154,7 +154,10 @@ def test_segment_process_ends_fast_once_its_outputs_are_closed(tmp_path, small_m
     np.testing.assert_array_equal(seen[True], seen[False])
 
 
-def test_default_model_without_trained_weights_exits_2(tmp_path, scan, capsys):
+def test_default_model_without_trained_weights_exits_2(tmp_path, scan, capsys, monkeypatch):
+    from medsam3d import store
+
+    monkeypatch.setattr(store, "PACKAGED", tmp_path / "no_weights")  # an install without the packaged default
     code, err = run(["segment", scan, "--point", "5,5,5", "-o", tmp_path / "m.nii.gz"], capsys)
     assert code == 2 and "no trained default model" in err
     assert not (tmp_path / "m.nii.gz").exists()

@@ -31,7 +31,7 @@ def test_default_model_ships_and_is_checked():
 
 
 def test_readme_first_command_segments_the_liver(tmp_path, capsys):
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"medsam3d segment data/example_ct_sm.nii.gz --point {README_POINT} -o liver.nii.gz" in readme
     out, report = tmp_path / "liver.nii.gz", tmp_path / "run.json"
     code = main(["segment", str(REPO / "data" / "example_ct_sm.nii.gz"), "--point", README_POINT, "-o", str(out),

@@ -77,7 +77,7 @@ def test_gate_promotes_a_first_default_then_refuses_one_no_better(tmp_path):
     assert record["heldout"]["dice"] == pytest.approx(results["mean_dice"])
     assert set(results["baselines"]) == {"region_growing", "random_walker"}
     assert (docs / "toy.png").stat().st_size > 1000 and (docs / "all.png").is_file()
-    card = (weights / "MODEL_CARD.md").read_text()
+    card = (weights / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert f"{results['mean_dice']['1']:.3f}" in card and record["sha256"][:16] in card
     assert "to step 20" in card and "(filled in by scripts/promote.py)" not in card
     assert record["status"].startswith("preliminary")  # goal 0.9 at 1 click not reached

@@ -226,7 +226,7 @@ def stage_candidate(source: Path, checkpoint: Optional[Path], staging: Path, tra
     weights = staging / "default.pt"
     torch.save({"model": state}, weights)
     if training_md is not None:
-        training = Path(training_md).read_text()
+        training = Path(training_md).read_text(encoding="utf-8")
     elif source.is_dir() and (source / "config.yaml").is_file():
         training = _training_from_run(source)
     else:
@@ -299,7 +299,7 @@ def write_default(candidate: Candidate, results_by_suite: dict[str, dict], summa
         prefix = Path(os.path.relpath(docs_dir, weights_dir)).as_posix()
     except ValueError:  # another drive (Windows): an absolute path
         prefix = docs_dir.as_posix()
-    card = replace_block(card_path.read_text(), "results", results_block(summary_, results_by_suite, record, prefix))
+    card = replace_block(card_path.read_text(encoding="utf-8"), "results", results_block(summary_, results_by_suite, record, prefix))
     card = replace_block(card, "training", candidate.training)
     write_text_atomic(card_path, card)
     write_text_atomic(weights_dir / "default.json", json.dumps(record, indent=2) + "\n")
