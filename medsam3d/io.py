@@ -266,13 +266,18 @@ def check_writable(path: str | os.PathLike) -> Path:
     """Fail early (before any work) if ``path`` cannot be written: format, folder, permissions."""
     path = Path(path)
     output_extension(path)
+    return check_output_place(path, "output")
+
+
+def check_output_place(path: Path, what: str) -> Path:
+    """``path``'s folder exists and is writable, and ``path`` is no folder; errors name the file as ``what``."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise InputError(f"output folder does not exist: {folder}")
+        raise InputError(f"{what} folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
-        raise InputError(f"output folder is not writable: {folder}")
+        raise InputError(f"{what} folder is not writable: {folder}")
     if path.is_dir():
-        raise InputError(f"output path is a folder: {path}")
+        raise InputError(f"{what} path is a folder: {path}")
     return path
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
-from .io import Volume, atomic_output
+from .io import Volume, atomic_output, check_output_place
 from .prompts import Prompts
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU): soft tissue
@@ -44,14 +44,7 @@ def check_preview_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"--preview writes a PNG image: give a .png path, got {path}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"preview folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"preview folder is not writable: {folder}")
-    if path.is_dir():
-        raise InputError(f"preview path is a folder: {path}")
-    return path
+    return check_output_place(path, "preview")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ def pack(args: argparse.Namespace) -> int:
     import torch
 
     from medsam3d.evaluation.gate import load_gate_config
+    from medsam3d.models import half_state, read_state_dict
     from medsam3d.store import PACKAGED
     from medsam3d.training.config import load_config
     from medsam3d.training.data import preprocess
@@ -69,9 +70,7 @@ def pack(args: argparse.Namespace) -> int:
     _pack_cases(hfolder, hrecords, out / "heldout")
     if args.start:  # a run's weights travel in the pack; the packaged default travels with the repository
         start_yaml = args.start / "model.yaml"
-        state = torch.load(args.start / "model.pt", map_location="cpu", weights_only=True)["model"]
-        torch.save({"model": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}},
-                   out / "start.pt")
+        torch.save({"model": half_state(read_state_dict(args.start / "model.pt"))}, out / "start.pt")
         start = "start.pt"
     else:
         start_yaml, start = PACKAGED / "default.yaml", "default"
@@ -129,7 +128,7 @@ def _pack_cases(folder: Path, records: list[dict], out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from medsam3d.models import build_model
+    from medsam3d.models import build_model, half_state, read_state_dict
     from medsam3d.training.config import load_config
     from medsam3d.training.data import packed_cases
     from medsam3d.training.trainer import run_interactive
@@ -155,10 +154,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(name, checkpoint=work / "model.pt", device=str(device), **spec)
     folder, records = packed_cases(pack_dir / "heldout")
     preview = validate(model, folder, records, [1, 5], device, min_voxels=args.min_voxels)
-    state = torch.load(work / "model.pt", map_location="cpu", weights_only=True)["model"]
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}},
-               args.out / "model.pt")
+    torch.save({"model": half_state(read_state_dict(work / "model.pt"))}, args.out / "model.pt")
     for name_ in ("model.yaml", "config.yaml", "metrics.csv"):
         shutil.copy(work / name_, args.out / name_)
     steps = int(torch.load(work / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["step"])

@@ -205,7 +205,7 @@ def stage_candidate(source: Path, checkpoint: Optional[Path], staging: Path, tra
     ships, float16 rounding included."""
     import torch
 
-    from ..models import build_model
+    from ..models import build_model, half_state, read_state_dict
 
     if source.is_dir():
         yaml_path, checkpoint = source / "model.yaml", source / "model.pt"
@@ -217,9 +217,7 @@ def stage_candidate(source: Path, checkpoint: Optional[Path], staging: Path, tra
     spec = yaml.safe_load(yaml_path.read_text())
     if not isinstance(spec, dict) or "model" not in spec:
         raise InputError(f"{yaml_path} does not name a model architecture (key 'model')")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("model", state.get("model_state_dict", state))
-    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    state = half_state(read_state_dict(checkpoint))
     config = {k: v for k, v in spec.items() if k != "model"}
     build_model(spec["model"], checkpoint=state, **config)  # strict: names missing and unexpected keys
     staging.mkdir(parents=True, exist_ok=True)

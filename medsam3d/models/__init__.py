@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from ..errors import InputError
-from .checkpoint import CheckpointSource, load_into, read_state_dict, sub_state_dict
+from .checkpoint import CheckpointSource, half_state, load_into, read_state_dict, sub_state_dict
 from .config import MODEL_CONFIGS, config_dict, make_config
 from .fastsam3d_encoder import FastSam3DEncoder
 from .promptable import PromptableModel3D

@@ -24,6 +24,12 @@ CheckpointSource = Union[str, Path, Mapping]
 _WRAPPERS = ("model_state_dict", "state_dict", "model")
 
 
+def half_state(state: StateDict) -> StateDict:
+    """Floating-point tensors as float16, the rest as they are: how shipped and kept weights are stored (half the
+    size; they load into float32 models)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def read_state_dict(source: CheckpointSource) -> StateDict:
     """Path or dict -> flat {key: tensor}, unwrapped and without ``module.`` prefixes."""
     if isinstance(source, (str, Path)):

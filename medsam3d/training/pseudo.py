@@ -34,7 +34,7 @@ from skimage.segmentation import watershed
 
 from ..errors import InputError
 from ..atomic import atomic_output
-from .synth.bank import split_heldout
+from .synth.bank import split_heldout, unpack_mask
 
 PSEUDO_VERSION = 1  # bump when the algorithm changes: old caches are then ignored
 # CT: HU -> feature, piecewise linear; soft tissue (-150..250 HU) gets half the range, so organs, muscle and fat
@@ -97,9 +97,7 @@ class PseudoMasks:
     def box(self, i: int) -> np.ndarray:
         """Mask i as a bool array of its box size."""
         if i not in self._cache:
-            n = int(np.prod(self.shapes[i]))
-            flat = np.unpackbits(self.bits[self.offsets[i]:self.offsets[i + 1]], count=n)
-            self._cache[i] = flat.reshape(tuple(self.shapes[i])).astype(bool)
+            self._cache[i] = unpack_mask(self.bits, self.offsets, self.shapes, i).astype(bool)
         return self._cache[i]
 
     def mask(self, i: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import InputError
 from ..atomic import atomic_output
-from ..models import build_model, config_dict, read_state_dict
+from ..models import build_model, config_dict, half_state, read_state_dict
 from . import ddp
 from .data import packed_cases, preprocess, structures
 from .dataset import CropDataset, StepBatchSampler, size_repeats, synth_config
@@ -171,7 +171,7 @@ class Run:
         spec = self.out / "snapshots" / "model.yaml"  # what the snapshots load into, as --model takes it
         if not spec.exists():
             spec.write_text(yaml.safe_dump({"model": model.name, **config_dict(model.config)}, sort_keys=False))
-        state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        state = half_state(model.state_dict())
         with atomic_output(self.out / "snapshots" / f"step{step}.pt") as tmp:
             torch.save({"model": state}, tmp)
 

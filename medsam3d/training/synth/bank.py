@@ -32,6 +32,13 @@ def split_heldout(path: Path = SPLIT_FILE) -> set[str]:
     return set(json.loads(Path(path).read_text()).get("heldout", []))
 
 
+def unpack_mask(bits: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, i: int) -> np.ndarray:
+    """Mask i of masks stored bit-packed one after another (``bits[offsets[i]:offsets[i + 1]]``) -> uint8 (0/1)
+    array of shape ``shapes[i]``."""
+    flat = np.unpackbits(bits[offsets[i]:offsets[i + 1]], count=int(np.prod(shapes[i])))
+    return flat.reshape(tuple(shapes[i]))
+
+
 @dataclass
 class ShapeBank:
     bits: np.ndarray  # uint8: np.packbits of every mask (C order), concatenated
@@ -55,9 +62,7 @@ class ShapeBank:
     def mask(self, i: int) -> np.ndarray:
         """Shape i as a uint8 (0/1) array of its box size, unpacked once per process."""
         if i not in self._masks:
-            n = int(np.prod(self.shapes[i]))
-            flat = np.unpackbits(self.bits[self.offsets[i]:self.offsets[i + 1]], count=n)
-            self._masks[i] = flat.reshape(tuple(self.shapes[i]))
+            self._masks[i] = unpack_mask(self.bits, self.offsets, self.shapes, i)
         return self._masks[i]
 
     def save(self, path: str | Path) -> None:
