@@ -15,11 +15,12 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from . import __version__
 from .errors import InputError
 from .io import write_text_atomic
-from .jobs import check_job, objects_from_json, read_jobs, run_job
+from .jobs import check_job, objects_from_json, read_jobs, run_job, share_for_rank
 from .intensity import check_modality
 from .prompts import check_frame, parse_numbers
 
@@ -50,6 +51,13 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
         raise typer.Exit(0)
 
 
+# options several commands share
+_MODEL = typer.Option("default", "--model", help="model name, stored name or YAML config")
+_CHECKPOINT = typer.Option(None, "--checkpoint", help="weights for --model")
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps")
+_THREADS = typer.Option(None, "--threads", help="CPU threads")
+
+
 @app.command(help="Segment the structure under the prompts; write a mask with the input's exact geometry."
                   + SEGMENT_EXAMPLES)
 def segment(
@@ -67,10 +75,10 @@ def segment(
                                                             "other scan), or auto (ct when the scan holds air)"),
     batch: Optional[Path] = typer.Option(None, "--batch", help="JSON-lines file of jobs (input, output, prompts); "
                                                                "under torchrun the ranks share them out"),
-    model: str = typer.Option("default", "--model", help="model name, stored name or YAML config"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights for --model"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads"),
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
+    device: str = _DEVICE,
+    threads: Optional[int] = _THREADS,
     max_windows: int = typer.Option(8, "--max-windows", min=1,
                                     help="most 128^3 windows an object may grow into"),
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="also write a float probability map"),
@@ -82,58 +90,25 @@ def segment(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print nothing but errors"),
     verbose: bool = typer.Option(False, "--verbose", help="print timings"),
 ) -> None:
-    from .segmenter import Segmenter
-
     if output_type not in ("image", "dicom-seg"):
         raise InputError(f"unknown --output-type {output_type!r}; use image or dicom-seg")
-
     started = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda msg: err.print(msg, highlight=False))
     frame = check_frame(coords)
     modality = check_modality(modality, "--modality")
-    if batch is not None:
-        if input or output or point or negative or box or prompts or mask or probabilities or preview:
-            raise InputError("--batch takes scans, outputs and prompts from its file (\"preview\" per job); "
-                             "give no INPUT, -o, --preview or prompts")
-        jobs = read_jobs(batch, frame)
-    else:
-        if input is None or output is None:
-            raise InputError("give a scan and -o OUTPUT (or --batch jobs.jsonl)")
-        jobs = [{"input": input, "output": output, "mask": mask, "probabilities": probabilities, "preview": preview,
-                 "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame),
-                 "dicom_seg": output_type == "dicom-seg"}]
+    jobs = _jobs_from_options(batch, frame, input, output, point, negative, box, mask, prompts, series, probabilities,
+                              preview, dicom_seg=output_type == "dicom-seg")
     for job in jobs:
         job.setdefault("modality", modality)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    mine = jobs[rank::world]
+    rank, world, mine = share_for_rank(jobs)
     if batch is None:
-        check_job(mine[0])  # everything that can be checked before the work is checked before the work
-    if checkpoint is not None and not checkpoint.is_file():
-        raise InputError(f"checkpoint not found: {checkpoint}")
-    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads,
-                          max_windows=max_windows)
-    runs, failed = [], 0
-    if not quiet:  # a spinner on the terminal for the slow steps (nothing when stderr is not a terminal)
-        segmenter.on_step = lambda name: err.status(name, spinner="dots")
-    for n, job in enumerate(mine, start=1):
-        try:
-            if batch is not None:
-                check_job(job)
-                say(f"job {n}/{len(mine)}: {job['input']}")
-            runs.append(run_job(segmenter, job, say))
-        except InputError as exc:
-            if batch is None:
-                raise
-            failed += 1
-            err.print(f"medsam3d: job {job['input']}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        check_job(jobs[0])  # everything that can be checked before the work is checked before the work
+    if not mine:  # under torchrun, more ranks than jobs: this one has nothing to do
+        return
+    segmenter = _segmenter(model, checkpoint, device, threads, max_windows, spinner=not quiet)
+    runs, failed = _run_jobs(segmenter, mine, batched=batch is not None, say=say)
     if report:
-        path = report if world == 1 else report.with_name(f"{report.stem}.rank{rank}{report.suffix}")
-        write_text_atomic(path, json.dumps({
-            "medsam3d": __version__, "model": getattr(segmenter.model, "name", str(model)),
-            "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_sha256": segmenter.weights_sha256,
-            "rank": rank, "world_size": world, "runs": runs, "failed": failed,
-            "total_s": time.perf_counter() - started,
-        }, indent=2))
+        _write_report(report, segmenter, model, checkpoint, rank, world, runs, failed, started)
     if verbose:
         say(f"total {time.perf_counter() - started:.2f} s")
     _state["outputs_closed"] = True  # every mask and report is written, renamed into place and closed
@@ -141,6 +116,65 @@ def segment(
         say(f"rank {rank}/{world}: {len(runs)} done, {failed} failed")
         if failed:
             raise typer.Exit(2)
+
+
+def _jobs_from_options(batch, frame, input, output, point, negative, box, mask, prompts, series, probabilities,
+                       preview, dicom_seg: bool) -> list[dict]:
+    """``segment``'s jobs: those of the --batch file, or the one the options describe (the two do not mix)."""
+    if batch is not None:
+        if input or output or point or negative or box or prompts or mask or probabilities or preview:
+            raise InputError("--batch takes scans, outputs and prompts from its file (\"preview\" per job); "
+                             "give no INPUT, -o, --preview or prompts")
+        return read_jobs(batch, frame)
+    if input is None or output is None:
+        raise InputError("give a scan and -o OUTPUT (or --batch jobs.jsonl)")
+    return [{"input": input, "output": output, "mask": mask, "probabilities": probabilities, "preview": preview,
+             "series": series, "objects": _objects_from_options(point, negative, box, prompts, frame),
+             "dicom_seg": dicom_seg}]
+
+
+def _segmenter(model: str, checkpoint: Optional[Path], device: str, threads: Optional[int], max_windows: int,
+               spinner: bool):
+    from .segmenter import Segmenter
+
+    if checkpoint is not None and not checkpoint.is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads,
+                          max_windows=max_windows)
+    if spinner:  # a spinner on the terminal for the slow steps (nothing when stderr is not a terminal)
+        segmenter.on_step = lambda name: err.status(name, spinner="dots")
+    return segmenter
+
+
+def _run_jobs(segmenter, jobs: list[dict], batched: bool, say) -> tuple[list[dict], int]:
+    """Every job in turn -> (report entries, failures). A single job's error ends the command; a batch job's is
+    printed and the next job runs."""
+    runs, failed = [], 0
+    for n, job in enumerate(jobs, start=1):
+        try:
+            if batched:
+                check_job(job)
+                say(f"job {n}/{len(jobs)}: {job['input']}")
+            runs.append(run_job(segmenter, job, say))
+        except InputError as exc:
+            if not batched:
+                raise
+            failed += 1
+            err.print(f"medsam3d: job {job['input']}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+    return runs, failed
+
+
+def _write_report(path: Path, segmenter, model: str, checkpoint: Optional[Path], rank: int, world: int,
+                  runs: list[dict], failed: int, started: float) -> None:
+    """--report: the weights, every job's report entry, the failures and the time; one file per rank."""
+    if world != 1:
+        path = path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+    write_text_atomic(path, json.dumps({
+        "medsam3d": __version__, "model": getattr(segmenter.model, "name", str(model)),
+        "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_sha256": segmenter.weights_sha256,
+        "rank": rank, "world_size": world, "runs": runs, "failed": failed,
+        "total_s": time.perf_counter() - started,
+    }, indent=2))
 
 
 def _training_command(kind: str, config: Path, out: Path, resume: bool, overrides: List[str]) -> None:
@@ -183,8 +217,8 @@ def distill(config: Path = _CONFIG, out: Path = _OUT, resume: bool = _RESUME, se
                   "and the random walker run through the same protocol.")
 def evaluate(
     dataset: Path = typer.Argument(..., help="dataset folder: dataset.json, imagesTr, labelsTr"),
-    model: str = typer.Option("default", "--model", help="model name, stored name or YAML config"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights for --model"),
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
     clicks: str = typer.Option("1,3,5,10", "--clicks", help="click counts to report, e.g. 1,3,5,10"),
     out: Path = typer.Option(..., "--out", help="results JSON"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Dice-against-clicks figure (PNG)"),
@@ -193,17 +227,15 @@ def evaluate(
     min_size_ml: float = typer.Option(1.0, "--min-size-ml", help="smallest target volume"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="run the classical baselines too"),
     no_model: bool = typer.Option(False, "--no-model", help="the baselines alone (--model is not loaded)"),
-    device: str = typer.Option("auto", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    device: str = _DEVICE,
+    threads: Optional[int] = _THREADS,
 ) -> None:
     import warnings
 
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.evaluate import plot as draw
-    from .evaluation.methods import ModelMethod, RandomWalker, RegionGrowing
     from .evaluation.progress import LiveProgress
     from .io import check_writable
-    from .segmenter import Segmenter
 
     if not (dataset / "dataset.json").is_file():
         raise InputError(f"{dataset} is not a dataset folder (no dataset.json)")
@@ -212,14 +244,7 @@ def evaluate(
     counts = [int(c) for c in parse_numbers(clicks, len(clicks.split(",")), "--clicks")]
     for path in (out, plot) if plot is not None else (out,):
         check_writable(path.with_suffix(".nii.gz"))  # folder exists and is writable, before any work
-    methods, extra = {}, {}
-    if not no_model:
-        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
-        name = getattr(segmenter.model, "name", model)
-        methods[name] = ModelMethod(segmenter, name)
-        extra["checkpoint_sha256"] = segmenter.weights_sha256
-    if baselines:
-        methods.update({"region_growing": RegionGrowing(), "random_walker": RandomWalker()})
+    methods, extra = _evaluation_methods(None if no_model else model, checkpoint, device, threads, baselines)
     with warnings.catch_warnings(), LiveProgress(err) as progress:
         if not _state["debug"]:  # libraries' warnings (scikit-image's "probability range", ...) only with --debug
             warnings.simplefilter("ignore")
@@ -230,16 +255,95 @@ def evaluate(
                                  model=None if no_model else "")
     if plot is not None:
         draw(results, plot)
+    err.print(_evaluation_summary(results, out), highlight=False, soft_wrap=True)
+
+
+def _evaluation_methods(model: Optional[str], checkpoint: Optional[Path], device: str, threads: Optional[int],
+                        baselines: bool) -> tuple[dict, dict]:
+    """-> ({name: method}, keys added to the results): the model first (unless ``model`` is None), then the
+    baselines."""
+    from .evaluation.methods import ModelMethod, RandomWalker, RegionGrowing
+
+    methods, extra = {}, {}
+    if model is not None:
+        from .segmenter import Segmenter
+
+        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
+        name = getattr(segmenter.model, "name", model)
+        methods[name] = ModelMethod(segmenter, name)
+        extra["checkpoint_sha256"] = segmenter.weights_sha256
+    if baselines:
+        methods.update({"region_growing": RegionGrowing(), "random_walker": RandomWalker()})
+    return methods, extra
+
+
+def _evaluation_summary(results: dict, out: Path) -> str:
+    """The line ``evaluate`` ends with: mean Dice per method (and failures) -> where the results went."""
     failed = {m: v["n_failed"] for m, v in [(results["model"], results), *results["baselines"].items()]
               if m and v.get("n_failed")}
     summary = {m: v for m, v in [(results["model"], results.get("mean_dice")),
                                  *((b, v["mean_dice"]) for b, v in results["baselines"].items())] if m}
-    err.print(f"mean Dice {json.dumps(summary)}" + (f"; failed: {json.dumps(failed)}" if failed else "")
-              + f" -> {out}", highlight=False, soft_wrap=True)
+    return (f"mean Dice {json.dumps(summary)}" + (f"; failed: {json.dumps(failed)}" if failed else "")
+            + f" -> {out}")
+
+
+@app.command(help="Interactive sessions over JSON lines (the 3D Slicer module's worker): one request per line "
+                  "on stdin, one reply per line on stdout; or, with --socket, over TCP with a token. Protocol: "
+                  "medsam3d/serve/protocol.py.")
+def serve(
+    stdio: bool = typer.Option(False, "--stdio", help="serve stdin/stdout (exits when stdin closes)"),
+    socket: Optional[str] = typer.Option(None, "--socket", help="PORT or HOST:PORT to listen on (host defaults to "
+                                                                "127.0.0.1: loopback only unless told otherwise)"),
+    token: Optional[str] = typer.Option(None, "--token", help="with --socket: every request must carry "
+                                                              "\"token\": TOKEN (or set MEDSAM3D_TOKEN)"),
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
+    device: str = _DEVICE,
+    threads: Optional[int] = _THREADS,
+) -> None:
+    from .serve.transport import parse_address, serve_socket, serve_stdio, token_from_env_or
+    from .serve.worker import Worker
+
+    if stdio == (socket is not None):
+        raise InputError("give exactly one of --stdio or --socket PORT")
+    token = token_from_env_or(token)
+    if socket is not None:
+        if not token:
+            raise InputError("--socket needs --token TOKEN (or MEDSAM3D_TOKEN): any process could connect")
+        try:
+            host, port = parse_address(socket)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    worker = Worker.for_model(model, str(checkpoint) if checkpoint else None, _device(device), threads)
+    if stdio:
+        raise typer.Exit(serve_stdio(worker))
+
+    def ready(bound: int) -> None:
+        typer.echo(f"listening on {host}:{bound}")
+        sys.stdout.flush()
+
+    raise typer.Exit(serve_socket(worker, host, port, token, ready))
 
 
 models_app = typer.Typer(no_args_is_help=True, help="The local model store ($MEDSAM3D_HOME).")
 app.add_typer(models_app, name="models")
+
+
+class _NamesInHelp(TyperCommand):
+    """Help that names what the model registry ({architectures}) or the store ({published}) knows, filled in when
+    the help is shown: the registry imports torch, which the command line loads only for commands that need it."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from .models import available_models
+        from .store import REMOTE
+
+        names = {"architectures": ", ".join(available_models()), "published": " or ".join(REMOTE)}
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = param.help.format(**names)
+        super().format_help(ctx, formatter)
 
 
 @models_app.command("list", help="Models --model can name: installed, and published ones pull knows.")
@@ -269,11 +373,12 @@ def models_info(name: str = typer.Argument(...),
         typer.echo(json.dumps(row, indent=2, default=str))
 
 
-@models_app.command("import", help="Copy a local checkpoint into the store (checked against its architecture).")
+@models_app.command("import", cls=_NamesInHelp,
+                    help="Copy a local checkpoint into the store (checked against its architecture).")
 def models_import(
     path: Path = typer.Argument(..., help="checkpoint file"),
     name: str = typer.Option(..., "--name", help="the name --model will use"),
-    model: str = typer.Option(..., "--model", help="architecture: sam-med3d, fastsam3d, medsam3d-tiny"),
+    model: str = typer.Option(..., "--model", help="architecture: {architectures}"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with architecture keys (non-default sizes)"),
     decoder: Optional[str] = typer.Option(None, "--decoder", help="store name to take the decoder from"),
 ) -> None:
@@ -285,9 +390,9 @@ def models_import(
     typer.echo(f"imported {name} ({entry['model']}), sha256 {entry['sha256']}")
 
 
-@models_app.command("pull", help="Download a published checkpoint (resumable; verified; checked).")
+@models_app.command("pull", cls=_NamesInHelp, help="Download a published checkpoint (resumable; verified; checked).")
 def models_pull(
-    name: str = typer.Argument(..., help="sam-med3d-turbo or fastsam3d"),
+    name: str = typer.Argument(..., help="{published}"),
     url: Optional[str] = typer.Option(None, "--url", help="a mirror of the same file"),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="expected checksum"),
 ) -> None:
@@ -386,9 +491,9 @@ def run() -> None:
 
     Once ``segment`` has written, renamed into place and closed all its outputs, nothing is left to do but the
     interpreter's teardown of every module, which for torch is a good part of the time a clinician waits for one
-    mask (``python scripts/bench_segment.py`` times both ways: 0.6-0.7 s of 3.3 s on 2 cores). So the exit
-    handlers run, the streams are flushed, and the process ends there. Every other command, and every error,
-    exits normally. Tests call ``main()``, which never exits."""
+    mask (``python scripts/bench_segment.py`` times both ways). So the exit handlers run, the streams are
+    flushed, and the process ends there. Every other command, and every error, exits normally. Tests call
+    ``main()``, which never exits."""
     code = main()
     if _state["outputs_closed"] and not os.environ.get(FAST_EXIT_OFF):
         atexit._run_exitfuncs()  # what a normal exit runs first: logging.shutdown, temporary files, ...

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .io import atomic_output
+from .io import atomic_output, sitk_array_from_ijk
 
 
 def write_dicom_seg(label_map: np.ndarray, source_files: Sequence[str], path: str | Path, model_name: str,
@@ -35,7 +35,7 @@ def write_dicom_seg(label_map: np.ndarray, source_files: Sequence[str], path: st
     numbered = np.zeros(label_map.shape, dtype=np.uint8)
     for number, value in enumerate(values, start=1):
         numbered[label_map == value] = number
-    frames = np.ascontiguousarray(numbered.transpose(2, 1, 0))
+    frames = sitk_array_from_ijk(numbered)
     algorithm = hd.AlgorithmIdentificationSequence(name="medsam3d", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
     descriptions = [

@@ -3,8 +3,8 @@
 Conventions (the only place they are decided):
 
 * ``Volume.array`` is indexed ``array[i, j, k]`` in the file's own index order, as 3D Slicer ("IJK") and
-  ITK-SNAP show voxel coordinates. SimpleITK's numpy arrays are ``[k, j, i]``; ``_ijk_from_sitk_array`` and
-  ``_sitk_array_from_ijk`` are the one conversion.
+  ITK-SNAP show voxel coordinates. SimpleITK's numpy arrays are ``[k, j, i]``; ``ijk_from_sitk_array`` and
+  ``sitk_array_from_ijk`` are the one conversion.
 * Geometry is ITK's: ``origin`` is the LPS position (mm) of voxel (0, 0, 0), ``spacing`` the voxel size along
   i, j, k, and column ``a`` of ``direction`` the LPS direction of index axis ``a``.
 """
@@ -72,11 +72,11 @@ class Volume:
     def from_sitk(cls, image: sitk.Image, copy: bool = True) -> "Volume":
         """``copy=False`` shares SimpleITK's buffer (no 2x memory): the caller must keep ``image`` alive."""
         array = sitk.GetArrayFromImage(image) if copy else sitk.GetArrayViewFromImage(image)
-        return cls(_ijk_from_sitk_array(array), image.GetSpacing(), image.GetOrigin(),
+        return cls(ijk_from_sitk_array(array), image.GetSpacing(), image.GetOrigin(),
                    np.array(image.GetDirection()).reshape(3, 3))
 
     def to_sitk(self) -> sitk.Image:
-        image = sitk.GetImageFromArray(_sitk_array_from_ijk(self.array))
+        image = sitk.GetImageFromArray(sitk_array_from_ijk(self.array))
         self.copy_geometry_to(image)
         return image
 
@@ -86,12 +86,12 @@ class Volume:
         image.SetDirection(tuple(float(d) for d in self.direction.reshape(-1)))
 
 
-def _ijk_from_sitk_array(array: np.ndarray) -> np.ndarray:
+def ijk_from_sitk_array(array: np.ndarray) -> np.ndarray:
     """SimpleITK's [k, j, i] numpy view -> our [i, j, k] (a view, no copy)."""
     return array.transpose(2, 1, 0)
 
 
-def _sitk_array_from_ijk(array: np.ndarray) -> np.ndarray:
+def sitk_array_from_ijk(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 1, 0))
 
 

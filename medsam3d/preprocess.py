@@ -14,9 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .io import Volume, _ijk_from_sitk_array, _sitk_array_from_ijk
+from .io import Volume, ijk_from_sitk_array, sitk_array_from_ijk
 
 RAS_DIRECTION_IN_LPS = np.diag([-1.0, -1.0, 1.0])  # columns: R, A, S expressed in LPS
+# logits that stand for "certainly outside" / "certainly inside" the object (sigmoid: 2e-9 / 1 - 2e-9): where no
+# prediction reaches, and the scale of a mask turned into a mask prompt
+OUTSIDE_LOGIT = -20.0
+INSIDE_LOGIT = 20.0
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,10 @@ def crop_window(source: sitk.Image, window: Window, fill: float) -> np.ndarray:
     """Resample the scan into the window (linear); outside the scan = ``fill``. -> (size, size, size) float32."""
     resampled = sitk.Resample(source, window.reference_image(), sitk.Transform(), sitk.sitkLinear, float(fill),
                               sitk.sitkFloat32)
-    return _ijk_from_sitk_array(sitk.GetArrayFromImage(resampled))
+    return ijk_from_sitk_array(sitk.GetArrayFromImage(resampled))
 
 
-def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: float = -20.0,
+def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: float = OUTSIDE_LOGIT,
                positive_only: bool = False) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """Window logits (size^3, model space) -> logits on ``volume``'s own grid inside the window's footprint.
 
@@ -94,7 +98,7 @@ def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: floa
     size = [s.stop - s.start for s in box]
     if min(size) <= 0:
         return box, np.zeros(size, dtype=np.float32)
-    src = sitk.GetImageFromArray(_sitk_array_from_ijk(logits.astype(np.float32, copy=False)))
+    src = sitk.GetImageFromArray(sitk_array_from_ijk(logits.astype(np.float32, copy=False)))
     src.SetSpacing([window.spacing] * 3)
     src.SetOrigin(tuple(float(x) for x in window.voxel_to_lps(src_lo)))
     src.SetDirection(tuple(RAS_DIRECTION_IN_LPS.reshape(-1)))
@@ -103,11 +107,11 @@ def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: floa
     ref.SetOrigin(tuple(float(x) for x in volume.ijk_to_lps(lo)))
     ref.SetDirection(tuple(float(d) for d in volume.direction.reshape(-1)))
     out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(outside), sitk.sitkFloat32)
-    return box, _ijk_from_sitk_array(sitk.GetArrayFromImage(out))
+    return box, ijk_from_sitk_array(sitk.GetArrayFromImage(out))
 
 
 def mask_to_window(mask: np.ndarray, volume: Volume, window: Window) -> np.ndarray:
     """A bool mask on the volume's grid -> fraction-covered map (size^3, float32) in the window."""
-    image = sitk.GetImageFromArray(_sitk_array_from_ijk(mask.astype(np.float32)))
+    image = sitk.GetImageFromArray(sitk_array_from_ijk(mask.astype(np.float32)))
     volume.copy_geometry_to(image)
     return crop_window(image, window, 0.0)

@@ -1,5 +1,5 @@
-"""``Segmenter``: a scan and prompts in, a mask on the scan's own grid out. The CLI, the Slicer bridge and the
-evaluator are thin layers over it.
+"""``Segmenter``: a scan and prompts in, a mask on the scan's own grid out. The CLI, the evaluator and the
+interactive sessions of ``medsam3d serve`` (``session.py``) are thin layers over it.
 
     seg = Segmenter(model="sam-med3d", checkpoint="sam_med3d_turbo.pth")
     seg.set_volume("scan.nii.gz")
@@ -15,7 +15,7 @@ touching or ``max_windows`` is reached.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .io import Volume, nifti_header, read_sitk, zeros_ijk
 from .intensity import check_modality, guess_modality, normalise
-from .preprocess import Window, crop_window, mask_to_window, paste_back
+from .preprocess import INSIDE_LOGIT, OUTSIDE_LOGIT, Window, crop_window, mask_to_window, paste_back
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
@@ -40,13 +40,16 @@ WINDOW_MARGIN = 16  # window voxels a prompt must keep from the border for a cac
 class PromptableModel(Protocol):
     """What the Segmenter needs of a model (``PromptableModel3D`` or a stand-in in tests)."""
 
-    config: Any  # .img_size, .box_prompts, optionally .first_click_multimask and .multimask_refine
+    config: Any  # .img_size: the side S of the model's crop
 
     def encode(self, image: torch.Tensor) -> Any: ...  # ImageFeatures (cached per window, passed back as is)
 
     # -> (B, M, L, L, L) logits and (B, M) scores. ``keep_best=True`` allows the model to return only its
     # best-scored mask (M = 1), which is cheaper; the Segmenter picks the highest score either way.
     def decode(self, features: Any, **prompts) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    # decode policy: ask for the multimask outputs for this prompt set? (``lone_click``: one positive click alone)
+    def multimask_for(self, lone_click: bool) -> bool: ...
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Result:
     windows: list[Window]
     iou: list[float]
     timings: dict[str, float] = field(default_factory=dict)
+    # the model's low-res logits per window centre: what a further prompt on this object refines (``previous``)
+    low_res: dict = field(default_factory=dict)
 
     @property
     def volume_ml(self) -> float:
@@ -95,11 +100,7 @@ class Segmenter:
     def __init__(self, model: str | PromptableModel = "default", checkpoint: Optional[str | Path] = None,
                  device: str = "cpu", threads: Optional[int] = None, max_windows: int = 8,
                  allow_random_weights: bool = False) -> None:
-        if threads:
-            import SimpleITK as sitk
-
-            torch.set_num_threads(int(threads))
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+        self.threads = int(threads) if threads else None  # applied around this Segmenter's own work only
         self.device = torch.device(device)
         self.model, self.weights_sha256 = load_model(model, checkpoint, str(self.device), allow_random_weights)
         self.size = int(self.model.config.img_size)
@@ -118,7 +119,10 @@ class Segmenter:
                    modality: str = "auto") -> Volume:
         """Load (or take) the scan; clears the embedding cache. ``modality`` "ct" or "mr" chooses the intensity
         handling (``intensity.normalise``); "auto" says CT when the scan holds air in Hounsfield units."""
-        modality = check_modality(modality)
+        with self._own_threads():
+            return self._set_volume(volume, series_uid, check_modality(modality))
+
+    def _set_volume(self, volume: Volume | str | Path, series_uid: Optional[str], modality: str) -> Volume:
         if isinstance(volume, Volume):
             self.volume = volume
             self._source = volume.to_sitk()
@@ -156,7 +160,33 @@ class Segmenter:
         prompts = resolve(self.volume, pos, neg, box, mask, frame)
         return self.predict_prompts(prompts, probabilities, refine)
 
-    def predict_prompts(self, prompts: Prompts, probabilities: bool = False, refine: bool = False) -> Result:
+    def predict_prompts(self, prompts: Prompts, probabilities: bool = False, refine: bool = False,
+                        previous: Optional[dict] = None) -> Result:
+        """``previous``: the ``Result.low_res`` of the object's last answer, for a session that keeps several
+        objects (``session.Session``); without it, ``refine`` uses this Segmenter's last prediction."""
+        if previous is not None:
+            self._last_logits = previous  # rebound below, never modified: the caller's copy stays as it was
+        with self._own_threads():
+            return self._predict_prompts(prompts, probabilities, refine)
+
+    @contextmanager
+    def _own_threads(self):
+        """This Segmenter's thread count for torch and SimpleITK while it works, the process's before and after."""
+        if not self.threads:
+            yield
+            return
+        import SimpleITK as sitk
+
+        before = (torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+        torch.set_num_threads(self.threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before[0])
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+
+    def _predict_prompts(self, prompts: Prompts, probabilities: bool, refine: bool) -> Result:
         volume = self.volume
         timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
         planned = self._plan_windows(prompts, refine)
@@ -212,9 +242,8 @@ class Segmenter:
         """A cached window that holds every prompt with room around it, else one centred on the positive prompts.
 
         A refinement keeps the window its previous logits live in. A new object reuses a cached window only if its
-        positive prompts sit within ``size / 16`` (8 voxels, 12 mm) of the window's centre; otherwise it gets a
-        window centred on them, at the cost of one encode: the model's answer depends on where the object sits in
-        the window, and training placed objects near the centre."""
+        positive prompts sit within ``size / 16`` voxels of the window's centre, else it gets a window centred on
+        them (one more encode): training placed objects near the centre, and answers depend on it."""
         volume = self.volume
         if len(prompts.points) and (prompts.labels == 1).any():
             anchor = prompts.points[prompts.labels == 1]
@@ -247,18 +276,17 @@ class Segmenter:
         """The last prediction's logits, from every window it used, seen from ``window`` -> (1, 1, L, L, L)
         low-res logits (L: the model's output grid), or None when none of it falls inside.
 
-        A refinement whose clicks no longer fit the last window gets a new one. Decoded there with the clicks but
-        without a mask prompt, the model answered with a speck: held-out liver Dice 0.89 -> 0.01 on the click that
-        moved the window (docs/experiments/README.md, run e). Every window sits on the same 1.5 mm lattice, so
-        the shift between two windows is a whole number of voxels."""
+        A refinement whose clicks no longer fit the last window gets a new one; decoded there without a mask
+        prompt, the model loses the object it had. Every window sits on the same 1.5 mm lattice, so the shift
+        between two windows is a whole number of voxels."""
         size = self.size
-        carried = np.full((size,) * 3, -20.0, dtype=np.float32)
+        carried = np.full((size,) * 3, OUTSIDE_LOGIT, dtype=np.float32)  # window voxels (S, S, S)
         for center, low_res in self._last_logits.items():
             offset = np.rint(Window(center, size, window.spacing).lps_to_voxel(window.origin_lps)).astype(int)
             if (np.abs(offset) >= size).any():
                 continue
             full = F.interpolate(low_res.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
-            np.maximum(carried, _shift(full[0, 0].cpu().numpy(), offset, fill=-20.0), out=carried)
+            np.maximum(carried, _shift(full[0, 0].cpu().numpy(), offset, fill=OUTSIDE_LOGIT), out=carried)
         if not (carried > 0).any():
             return None
         return _to_low_res(torch.from_numpy(carried), self._low_res_shape).to(self.device)
@@ -287,51 +315,76 @@ class Segmenter:
     def _predict_window(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
                         previous: Optional[torch.Tensor], timings: dict) -> tuple[np.ndarray, float]:
         """Decode one window -> logits (size^3, model space) and the predicted IoU."""
-        volume = self.volume
-        emb = self._embedding(window, timings)
+        features = self._embedding(window, timings)
         t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {}
-        pts = window.lps_to_voxel(volume.ijk_to_lps(prompts.points)) if len(prompts.points) else np.zeros((0, 3))
-        inside = ((pts >= 0) & (pts <= self.size - 1)).all(1)
-        pts, labels = pts[inside], prompts.labels[inside]
-        if prior is not None:  # a grown window: seed with points deep inside the mask so far
-            seeds = _interior_points(prior > 0, 2)
-            pts = np.concatenate([pts, seeds])
-            labels = np.concatenate([labels, np.ones(len(seeds), dtype=np.int64)])
-        if len(pts):
-            kwargs["points"] = torch.tensor(pts, dtype=torch.float32, device=self.device)[None]
-            kwargs["labels"] = torch.tensor(labels, dtype=torch.long, device=self.device)[None]
-        if prompts.box is not None and prior is None:
-            corners = np.array([[prompts.box[a][0], prompts.box[b][1], prompts.box[c][2]]
-                                for a in (0, 1) for b in (0, 1) for c in (0, 1)])
-            wv = np.clip(window.lps_to_voxel(volume.ijk_to_lps(corners)), 0, self.size - 1)
-            kwargs["boxes"] = torch.tensor(np.concatenate([wv.min(0), wv.max(0)]), dtype=torch.float32,
-                                           device=self.device)[None]
-        low_res_shape = self._low_res_shape
-        if prior is not None:
-            kwargs["mask_input"] = _to_low_res(torch.from_numpy(prior), low_res_shape).to(self.device)
-        elif prompts.mask is not None:
-            frac = torch.from_numpy(mask_to_window(prompts.mask, volume, window))
-            kwargs["mask_input"] = _to_low_res((frac - 0.5) * 20.0, low_res_shape).to(self.device)
-        elif previous is not None:  # refinement: the last prediction's logits in this window
-            kwargs["mask_input"] = previous
-        if not kwargs:
-            raise InputError("no prompt falls inside the model window; put the prompts closer together")
-        # one click alone is ambiguous: a model trained for it offers several masks, and its IoU head picks one
-        lone_click = (set(kwargs) == {"points", "labels"} and len(prompts.points) == 1
-                      and bool(prompts.labels[0] == 1))
-        config = self.model.config
-        multimask = (lone_click and bool(getattr(config, "first_click_multimask", False))) or bool(
-            getattr(config, "multimask_refine", False))
+        decode_prompts, multimask = self._decode_inputs(window, prompts, prior, previous)
         with torch.inference_mode():
-            low_res, iou = self.model.decode(emb, multimask_output=multimask, keep_best=True,
-                                             **kwargs)  # (1, M, L, L, L), (1, M); M = 1 for PromptableModel3D
+            low_res, iou = self.model.decode(features, multimask_output=multimask, keep_best=True,
+                                             **decode_prompts)  # (1, M, L, L, L), (1, M); M = 1 for PromptableModel3D
         best = int(iou[0].argmax())
         low_res, score = low_res[:, best:best + 1], float(iou[0, best])
         self._last_logits[window.center_lps] = low_res
         logits = F.interpolate(low_res.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
         timings["decode"] += time.perf_counter() - t0
         return logits[0, 0].cpu().numpy(), score
+
+    def _decode_inputs(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
+                       previous: Optional[torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+        """What ``window`` is decoded with: ``decode``'s prompt arguments, and whether to ask for the multimask
+        outputs.
+
+        ``prior``: for a window grown from another, the mask so far as (S, S, S) logits in this window: it adds seed
+        clicks and is the mask prompt, and the box is left out. ``previous``: for a refinement, the last
+        prediction's (1, 1, L, L, L) logits here, the mask prompt unless there is a prior or a mask prompt."""
+        decode_prompts: dict[str, torch.Tensor] = {}
+        points, labels = self._points_in_window(window, prompts, prior)
+        if len(points):
+            decode_prompts["points"] = torch.tensor(points, dtype=torch.float32, device=self.device)[None]  # (1, N, 3)
+            decode_prompts["labels"] = torch.tensor(labels, dtype=torch.long, device=self.device)[None]  # (1, N)
+        if prompts.box is not None and prior is None:
+            decode_prompts["boxes"] = self._box_in_window(window, prompts.box)
+        mask_input = self._mask_prompt(window, prompts, prior, previous)
+        if mask_input is not None:
+            decode_prompts["mask_input"] = mask_input
+        if not decode_prompts:
+            raise InputError("no prompt falls inside the model window; put the prompts closer together")
+        # one positive click and nothing else is ambiguous (a vertebra or the spine?); the model says what it does
+        lone_click = (set(decode_prompts) == {"points", "labels"} and len(prompts.points) == 1
+                      and bool(prompts.labels[0] == 1))
+        return decode_prompts, self.model.multimask_for(lone_click)
+
+    def _points_in_window(self, window: Window, prompts: Prompts,
+                          prior: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The clicks inside ``window`` -> window voxel coordinates (N, 3) and labels (N,); a grown window adds seed
+        clicks deep inside the mask so far (``prior``)."""
+        volume = self.volume
+        pts = window.lps_to_voxel(volume.ijk_to_lps(prompts.points)) if len(prompts.points) else np.zeros((0, 3))
+        inside = ((pts >= 0) & (pts <= self.size - 1)).all(1)
+        pts, labels = pts[inside], prompts.labels[inside]
+        if prior is not None:
+            seeds = _interior_points(prior > 0, 2)
+            pts = np.concatenate([pts, seeds])
+            labels = np.concatenate([labels, np.ones(len(seeds), dtype=np.int64)])
+        return pts, labels
+
+    def _box_in_window(self, window: Window, box: np.ndarray) -> torch.Tensor:
+        """A (2, 3) ijk box -> (1, 6) window corners (a0, b0, c0, a1, b1, c1): the box of its 8 corners in window
+        voxels (the axes need not line up), clipped to the window."""
+        corners = np.array([[box[a][0], box[b][1], box[c][2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+        inside = np.clip(window.lps_to_voxel(self.volume.ijk_to_lps(corners)), 0, self.size - 1)  # (8, 3)
+        return torch.tensor(np.concatenate([inside.min(0), inside.max(0)]), dtype=torch.float32,
+                            device=self.device)[None]
+
+    def _mask_prompt(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
+                     previous: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """-> (1, 1, L, L, L) mask-prompt logits, first of: a grown window's mask so far, the user's mask (fraction
+        covered 0..1 -> logits -10..10), a refinement's previous logits; None without any."""
+        if prior is not None:
+            return _to_low_res(torch.from_numpy(prior), self._low_res_shape).to(self.device)
+        if prompts.mask is not None:
+            fraction = torch.from_numpy(mask_to_window(prompts.mask, self.volume, window))
+            return _to_low_res((fraction - 0.5) * INSIDE_LOGIT, self._low_res_shape).to(self.device)
+        return previous
 
     def _growth(self, window: Window, logits: np.ndarray) -> list[tuple[Window, np.ndarray]]:
         """Windows to grow into: one per face where the object touches the border (and the scan continues)."""
@@ -356,7 +409,7 @@ class Segmenter:
                 candidate = Window(tuple(float(c) for c in new_center), self.size, window.spacing)
                 if not self._overlaps_volume(candidate):
                     continue
-                grown.append((candidate, _shift(logits, offset, fill=-20.0)))
+                grown.append((candidate, _shift(logits, offset, fill=OUTSIDE_LOGIT)))
         return grown
 
     def _overlaps_volume(self, window: Window) -> bool:
@@ -374,7 +427,7 @@ class Segmenter:
             if prob is not None:
                 np.maximum(prob[box], 1.0 / (1.0 + np.exp(-logits)), out=prob[box])
         return Result(volume.with_array(mask), volume.with_array(prob) if prob is not None else None, windows,
-                      ious, timings)
+                      ious, timings, dict(self._last_logits))
 
 
 def _to_low_res(logits: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

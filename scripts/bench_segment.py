@@ -54,7 +54,7 @@ def main() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
 
     from medsam3d.evaluation.metrics import dice
-    from medsam3d.io import write_volume
+    from medsam3d.io import ijk_from_sitk_array, write_volume
     from medsam3d.models import build_model
     from medsam3d.segmenter import Segmenter
 
@@ -94,7 +94,7 @@ def main() -> None:
         first = seg.predict(points=[(180, 230, 150)])
         t_click = median_time(lambda: seg.predict(points=[(180, 230, 150), (200, 240, 150)], refine=True), 5,
                               warmup=0)
-        truth = sitk.GetArrayFromImage(ct_like()).transpose(2, 1, 0) == 120
+        truth = ijk_from_sitk_array(sitk.GetArrayFromImage(ct_like())) == 120
         overlap = dice(first.mask.array, truth)
         # the mask as segment writes it (the read-in layout, io.zeros_ijk) against the same mask in C order
         in_layout = first.mask

@@ -56,11 +56,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    data = cfg["data"]
+    data = cfg.as_dict()["data"]
     folder, records = preprocess(data["roots"], args.cache, data["spacing"], data["holdout"])
     targets = structures(records, folder, data["labels"], data["min_voxels"])
     synth = synth_config({**data, "anatomy_fraction": 0.5, "procedural_fraction": 0.5}, records, folder)
-    crop, seed = 128, int(cfg["seed"])
+    crop, seed = 128, cfg.seed
     common = dict(affine_prob=float(data["affine_prob"]), rotate_deg=float(data["rotate_deg"]),
                   scale=float(data["scale"]), synth=synth)
     kinds = {"real": dict(), "painted": dict(synthetic_fraction=1.0), "anatomy": dict(anatomy_fraction=1.0),

@@ -52,21 +52,21 @@ def pack(args: argparse.Namespace) -> int:
     from medsam3d.training.synth import bank_for
 
     cfg = load_config(args.config, args.set)
-    data = cfg["data"]
+    data = cfg.data
     out = args.out
     if out.exists():
         shutil.rmtree(out)
     (out / "data").mkdir(parents=True)
     (out / "heldout").mkdir()
-    cache = Path(data["cache"] or REPO / "runs" / "burst_cache")
-    folder, records = preprocess(data["roots"], cache, data["spacing"], data["holdout"], log=print)
+    cache = Path(data.cache or REPO / "runs" / "burst_cache")
+    folder, records = preprocess(data.roots, cache, data.spacing, data.holdout, log=print)
     _pack_cases(folder, records, out / "data")
-    bank_for(records, folder, data["holdout"], float(data["spacing"]), out / "data" / "shapes_v2.npz", log=print)
+    bank_for(records, folder, data.holdout, data.spacing, out / "data" / "shapes_v2.npz", log=print)
     gate = load_gate_config(args.gate)  # checks that every gate case is held out
     gate_cases = {c for suite in gate.suites for c in suite.cases}
     roots = sorted({str(suite.dataset) for suite in gate.suites})
     others = [c for r in roots for c in _case_ids(r) if c not in gate_cases]  # left out: only gate cases packed
-    hfolder, hrecords = preprocess(roots, cache, data["spacing"], others, log=print)
+    hfolder, hrecords = preprocess(roots, cache, data.spacing, others, log=print)
     _pack_cases(hfolder, hrecords, out / "heldout")
     if args.start:  # a run's weights travel in the pack; the packaged default travels with the repository
         start_yaml = args.start / "model.yaml"
@@ -75,9 +75,10 @@ def pack(args: argparse.Namespace) -> int:
     else:
         start_yaml, start = PACKAGED / "default.yaml", "default"
     spec = yaml.safe_load(start_yaml.read_text())
-    cfg["model"] = {"name": spec.pop("model"), "config": spec, "checkpoint": start}
-    cfg["data"].update({"roots": [], "packed": "data", "cache": None, "workers": args.workers})
-    (out / "train.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    packed = cfg.as_dict()
+    packed["model"] = {"name": spec.pop("model"), "config": spec, "checkpoint": start}
+    packed["data"].update({"roots": [], "packed": "data", "cache": None, "workers": args.workers})
+    (out / "train.yaml").write_text(yaml.safe_dump(packed, sort_keys=False))
     if not args.no_wheels:
         _wheels(out / "wheels")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
@@ -100,7 +101,7 @@ def _wheels(folder: Path) -> None:
 
 
 def _case_ids(root: str) -> list[str]:
-    from medsam3d.training.data import discover
+    from medsam3d.datasets import discover
 
     return [c.case_id for c in discover(root)]
 

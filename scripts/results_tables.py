@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Markdown tables from `medsam3d evaluate` results (for docs/MODEL_CARD.md and issue notes).
+"""Markdown tables from `medsam3d evaluate` results (the gate's too: docs/model_card/*.json), for notes and cards.
 
-    python scripts/results_tables.py docs/heldout_ct.json [docs/heldout_brain.json ...] [--per-structure]
+    python scripts/results_tables.py docs/model_card/ct_organs.json [docs/model_card/lesions_ct.json ...] \\
+        [--per-structure]
 
 Prints, per results file, mean Dice (and NSD) at each click count for the model and every baseline, and with
 --per-structure one row per target. Nothing is rounded beyond the printed 3 decimals; nothing is filtered.

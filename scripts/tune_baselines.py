@@ -17,7 +17,6 @@ the runs behind the chosen values are quoted in ``BASELINES``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import warnings
@@ -39,10 +38,6 @@ GRIDS = {
     "random_walker": {"beta": [30, 130, 500, 2000, 8000, 32000], "margin_mm": [50, 60, 100, 150],
                       "seed_radius_mm": [3.0, 5.0, 6.0, 9.0]},
 }
-
-
-def heldout() -> set[str]:
-    return set(json.loads((REPO / "configs/data/public_split.json").read_text())["heldout"])
 
 
 def label_subset(dataset: Path, case: str, stride: int) -> list[int]:
@@ -82,6 +77,8 @@ def run(method_name: str, settings: list[dict], args) -> list[tuple[dict, float]
 
 
 def main() -> None:
+    from medsam3d.datasets import heldout_cases
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", choices=list(GRIDS), action="append")
     parser.add_argument("--grid", action="append", default=[], help="NAME=V1,V2,.. (replaces that default grid)")
@@ -90,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     args.clicks = [int(c) for c in args.clicks.split(",")]
     args.cases = TRAINING[:2] if args.quick else TRAINING
-    refused = {c for _, c, _ in args.cases} & heldout()
+    refused = {c for _, c, _ in args.cases} & heldout_cases()
     if refused:
         raise SystemExit(f"held-out case(s) {sorted(refused)} must not be tuned on")
     warnings.simplefilter("ignore")

@@ -1,7 +1,9 @@
-"""Shared test fixtures: the reference fixtures in ../shared/reference and small model configs."""
+"""Shared test fixtures: the reference fixtures in ../shared/reference, small model configs, a toy nnU-Net dataset,
+and a model store with a small checkpoint to put in it. They apply to every folder under tests/."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -40,3 +42,29 @@ def sam_fixture() -> dict:
 @pytest.fixture(scope="session")
 def student_fixture() -> dict:
     return load_reference("fastsam3d_student_e96_d4_s11.pt")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    """A toy nnU-Net v2 dataset of three cases (training.synthetic.write_toy_dataset), one per test module."""
+    from medsam3d.training.synthetic import write_toy_dataset
+
+    return write_toy_dataset(tmp_path_factory.mktemp("data") / "Dataset001_Toy", n_cases=3)
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An empty model store (MEDSAM3D_HOME) for one test."""
+    monkeypatch.setenv("MEDSAM3D_HOME", str(tmp_path / "store"))
+    return tmp_path / "store"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes() -> bytes:
+    """A small SAM-Med3D-architecture checkpoint (SMALL_SAM, seeded), as the bytes of its file."""
+    from medsam3d.models import build_model
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save({"model_state_dict": build_model("sam-med3d", **SMALL_SAM).state_dict()}, buffer)
+    return buffer.getvalue()

@@ -1,15 +1,12 @@
-"""Per-modality intensity handling (intensity.normalise) and how a scan's modality is chosen."""
+"""Per-modality intensity handling (intensity.normalise) and how a scan's modality is guessed. (The modality a
+Segmenter chooses and reports: tests/test_segmenter.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medsam3d.errors import InputError
 from medsam3d.intensity import guess_modality, modality_of, normalise, zscore_foreground
-from medsam3d.segmenter import Segmenter
-
-from helpers import ThresholdModel, sphere_volume
 
 
 def _ct_like(rng: np.random.Generator) -> np.ndarray:
@@ -54,17 +51,3 @@ def test_mr_hot_spots_do_not_set_the_scale():
     assert plain[body].std() < 0.1 and 0.8 < robust[body].std() < 1.2
     with pytest.raises(ValueError, match="unknown modality"):
         normalise(mr, "pet")
-
-
-def test_segmenter_chooses_and_reports_the_modality():
-    volume, _ = sphere_volume("ras")
-    seg = Segmenter(model=ThresholdModel(), device="cpu")
-    seg.set_volume(volume)
-    assert seg.modality == "mr"
-    ct = volume.with_array(np.where(volume.array > 50, 40.0, -1000.0).astype(np.float32))  # sphere in air
-    seg.set_volume(ct)
-    assert seg.modality == "ct"
-    seg.set_volume(ct, modality="mr")
-    assert seg.modality == "mr"
-    with pytest.raises(InputError, match="unknown modality 'pet'"):
-        seg.set_volume(ct, modality="pet")

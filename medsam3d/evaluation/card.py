@@ -55,7 +55,7 @@ def results_block(summary: dict, results_by_suite: dict[str, dict], weights: dic
         ex = summary["example"]
         lines += ["", f"The README's example (`{ex['scan']}`, one click at ijk {tuple(ex['point'])}): Dice "
                       f"{ex['dice']:.3f} against its label, {ex['volume_ml']:.0f} ml "
-                      "(`tests/test_default_model.py` holds the default to this number)."]
+                      "(`tests/integration/test_default_model.py` holds the default to this number)."]
     lines += ["", "Plots and full results (per structure, per click, NSD, the clicks placed): "
               + ", ".join(f"[`{name}`]({docs_prefix}/{name}.png) ([json]({docs_prefix}/{name}.json))"
                           for name in results_by_suite) + ".", ""]

@@ -14,9 +14,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..datasets import discover, label_names
 from ..errors import InputError
 from ..io import atomic_output, read_volume, write_text_atomic
-from ..training.data import discover
 from .methods import Method
 from .metrics import bounding_box, dice, nsd
 from .protocol import BASELINES, PROTOCOL, deepest_point, next_click, targets_from_labels
@@ -86,8 +86,7 @@ def evaluate(root: str | Path, methods: dict[str, Method], clicks: Sequence[int]
         raise InputError("--clicks must be positive click counts like 1,3,5,10")
     model = next(iter(methods), None) if model == "" else model
     root = Path(root)
-    meta = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").is_file() else {}
-    names = {int(v): k for k, v in (meta.get("labels") or {}).items() if str(v).isdigit() or isinstance(v, int)}
+    names = label_names(root)
     chosen = [c for c in discover(root) if cases is None or c.case_id in set(cases)]
     if not chosen:
         raise InputError(f"no case of {root} matches {', '.join(cases or [])}")

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import yaml
 
+from ..datasets import heldout_cases
 from ..errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]  # the gate is a maintainer tool: it runs from a checkout
@@ -65,7 +66,7 @@ def load_gate_config(path: str | Path, root: Path = REPO, split: Optional[Path] 
     if unknown:
         raise InputError(f"{path}: unknown keys {sorted(unknown)}")
     split = split or (root / raw.get("split", "configs/data/public_split.json"))
-    heldout = set(json.loads(Path(split).read_text())["heldout"])
+    heldout = heldout_cases(split)
     suites = []
     for name, spec in raw["suites"].items():
         cases = [str(c) for c in spec["cases"]]

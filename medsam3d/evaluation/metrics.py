@@ -24,7 +24,7 @@ def nsd(pred: np.ndarray, target: np.ndarray, spacing, tolerance_mm: float = 2.0
     """Normalised surface Dice at ``tolerance_mm`` with the voxel ``spacing`` of the arrays' axes: the share of
     both masks' surface voxels (MONAI's edges) within the tolerance of the other mask's surface.
 
-    The same number as MONAI's ``compute_surface_dice`` on the same crop (tests/test_evaluation.py checks it),
+    The same number as MONAI's ``compute_surface_dice`` on the same crop (tests/evaluation/test_metrics.py checks it),
     which finds every surface voxel's nearest neighbour; here the search stops at the tolerance, which is all
     the metric asks, and costs seconds less when one surface lies far from the other."""
     pred, target = pred > 0, target > 0

@@ -1,12 +1,8 @@
-"""Model registry: ``build_model(name, checkpoint=..., **config)``.
+"""Models: ``build_model(name, checkpoint=..., **config)``.
 
-| name | image encoder | checkpoints |
-|---|---|---|
-| ``sam-med3d`` | SAM-Med3D ViT-B 3D (windowed + global blocks) | SAM-Med3D / SAM-Med3D-turbo, whole model |
-| ``fastsam3d`` | FastSAM3D's released student | student encoder; decoder from a SAM-Med3D checkpoint |
-| ``medsam3d-tiny`` | our sparse-attention student | medsam3d's own |
-
-``name`` may also be a YAML file (``configs/models/*.yaml``) holding ``model: NAME`` and config keys.
+The model families are registered below, once each (``base.ModelEntry``: name, aliases, config class, encoder,
+description); ``available_models()`` and ``models_help()`` list them. ``name`` may also be a YAML file
+(``configs/models/*.yaml``) holding ``model: NAME`` and config keys.
 """
 
 from __future__ import annotations
@@ -18,24 +14,34 @@ import torch
 import yaml
 
 from ..errors import InputError
+from . import fastsam3d_encoder, tiny_encoder, vit_encoder
+from .base import ImageEncoder, ModelEntry, available_models, model_entry, models_help, register_model
 from .checkpoint import CheckpointSource, half_state, load_into, read_state_dict, sub_state_dict
-from .config import MODEL_CONFIGS, config_dict, make_config
-from .fastsam3d_encoder import FastSam3DEncoder
+from .config import FastSam3DConfig, SamMed3DConfig, TinyConfig, config_dict, make_config
 from .promptable import PromptableModel3D
-from .tiny_encoder import TinyEncoder3D
-from .vit_encoder import ViTEncoder3D
 
-_ALIASES = {"sam_med3d": "sam-med3d", "sammed3d": "sam-med3d", "sam-med3d-turbo": "sam-med3d",
-            "vit_b_ori": "sam-med3d", "fast-sam3d": "fastsam3d", "tiny": "medsam3d-tiny"}
-_ENCODERS = {"sam-med3d": ViTEncoder3D, "fastsam3d": FastSam3DEncoder, "medsam3d-tiny": TinyEncoder3D}
+# The model families, in the order available_models() lists them. A new family: its config dataclass (config.py),
+# its image encoder (an ImageEncoder), and one entry here.
+register_model(ModelEntry(
+    "sam-med3d", SamMed3DConfig, vit_encoder.ViTEncoder3D,
+    "SAM-Med3D(-turbo): ViT-B 3D encoder, windowed and global attention; SAM-Med3D checkpoints, whole model",
+    aliases=("sam_med3d", "sammed3d", "sam-med3d-turbo", "vit_b_ori"), recognise=vit_encoder.recognise,
+))
+register_model(ModelEntry(
+    "fastsam3d", FastSam3DConfig, fastsam3d_encoder.FastSam3DEncoder,
+    "FastSAM3D's released student encoder; prompt encoder and decoder from a SAM-Med3D checkpoint",
+    aliases=("fast-sam3d",), recognise=fastsam3d_encoder.recognise, encoder_only_checkpoints=True,
+))
+register_model(ModelEntry(
+    "medsam3d-tiny", TinyConfig, tiny_encoder.TinyEncoder3D,
+    "medsam3d's CPU-first student: conv stem, sparse 3D attention; medsam3d's own checkpoints",
+    aliases=("tiny",), recognise=tiny_encoder.recognise,
+))
+
 _PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
-def available_models() -> list[str]:
-    return list(MODEL_CONFIGS)
-
-
-def _resolve(name: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _resolve(name: str, config: dict[str, Any]) -> tuple[ModelEntry, dict[str, Any]]:
     if str(name).endswith((".yaml", ".yml")):
         path = Path(name)
         if not path.is_file():
@@ -45,10 +51,7 @@ def _resolve(name: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             raise InputError(f"model config {path} must be a mapping with a 'model:' key")
         name = data.pop("model")
         config = {**data, **config}
-    key = _ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in MODEL_CONFIGS:
-        raise InputError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    return key, config
+    return model_entry(name), config
 
 
 def build_model(
@@ -65,27 +68,33 @@ def build_model(
     encoder-only state_dict; the prompt encoder and decoder then come from ``decoder_checkpoint`` (a SAM-Med3D
     checkpoint). Parts without weights stay random and ``model.is_trained`` says so.
     """
-    key, config = _resolve(name, config)
+    entry, config = _resolve(name, config)
     try:
-        cfg = make_config(key, config)
-        model = PromptableModel3D(key, cfg, _ENCODERS[key](cfg))
+        cfg = make_config(entry.name, config)
+        model = PromptableModel3D(entry.name, cfg, entry.encoder(cfg))
     except (TypeError, ValueError) as exc:
-        raise InputError(f"invalid config for {key}: {exc}") from None
+        raise InputError(f"invalid config for {entry.name}: {exc}") from None
     if checkpoint is not None:
-        _load(model, read_state_dict(checkpoint), strict, encoder_only_ok=key == "fastsam3d")
+        _load(model, _usable(model, read_state_dict(checkpoint)), strict, entry.encoder_only_checkpoints)
     if decoder_checkpoint is not None:
-        state = read_state_dict(decoder_checkpoint)
+        state = _usable(model, read_state_dict(decoder_checkpoint))
         for part in ("prompt_encoder", "mask_decoder"):
             sub = sub_state_dict(state, part + ".")
             if not sub:
                 raise InputError(f"decoder_checkpoint has no {part}.* keys")
-            load_into(getattr(model, part), sub, f"{key}'s {part}", strict, state)
+            load_into(getattr(model, part), sub, f"{entry.name}'s {part}", strict, state)
             model.weight_sources[part] = "checkpoint"
     return model.to(device).eval()
 
 
+def _usable(model: PromptableModel3D, state: dict) -> dict:
+    """``state`` without the entries the model skips on purpose (``PromptableModel3D.skipped_checkpoint_keys``)."""
+    skipped = set(model.skipped_checkpoint_keys(state))
+    return {k: v for k, v in state.items() if k not in skipped} if skipped else state
+
+
 def _load(model: PromptableModel3D, state: dict, strict: bool, encoder_only_ok: bool) -> None:
-    what = f"{model.name} ({_shape_words(model)})"
+    what = f"{model.name} (embed_dim={model.config.embed_dim}, depth={len(model.image_encoder.blocks)})"
     has_parts = any(k.startswith(p + ".") for k in state for p in _PARTS)
     if not has_parts and encoder_only_ok:  # FastSAM3D's release: the encoder's keys without a prefix
         load_into(model.image_encoder, state, f"{what}'s image encoder", strict)
@@ -97,10 +106,5 @@ def _load(model: PromptableModel3D, state: dict, strict: bool, encoder_only_ok: 
             model.weight_sources[part] = "checkpoint"
 
 
-def _shape_words(model: PromptableModel3D) -> str:
-    cfg = model.config
-    depth = getattr(cfg, "depth", None) or cfg.conv_blocks + len(cfg.attn_blocks)
-    return f"embed_dim={cfg.embed_dim}, depth={depth}"
-
-
-__all__ = ["build_model", "available_models", "PromptableModel3D", "config_dict", "read_state_dict"]
+__all__ = ["build_model", "available_models", "models_help", "register_model", "ModelEntry", "ImageEncoder",
+           "PromptableModel3D", "config_dict", "read_state_dict", "half_state"]

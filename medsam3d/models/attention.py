@@ -41,11 +41,6 @@ def flash_available(device: torch.device | str, dtype: torch.dtype) -> bool:
     )
 
 
-def attention_backend(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
-    """Name of the kernel ``attend`` uses for unmasked attention on this device and dtype."""
-    return "flash-attn" if flash_available(device, dtype) else "sdpa"
-
-
 def attend(
     q: torch.Tensor,  # (B, heads, Nq, hd)
     k: torch.Tensor,  # (B, heads, Nk, hd)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .base import registered_models
 
 StateDict = dict[str, torch.Tensor]
 CheckpointSource = Union[str, Path, Mapping]
@@ -64,20 +65,20 @@ def sub_state_dict(state: StateDict, prefix: str) -> StateDict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def block_indices(encoder_state: Mapping[str, Any]) -> list[int]:
+    """Sorted indices ``i`` of the ``blocks.i.*`` entries of an image encoder's state_dict (keys without prefix)."""
+    return sorted({int(m.group(1)) for k in encoder_state if (m := re.match(r"blocks\.(\d+)\.", k))})
+
+
 def describe_architecture(state: StateDict) -> str:
     """A short guess at what model a state_dict belongs to, from its key names and shapes."""
     parts = []
     enc = sub_state_dict(state, "image_encoder.") or state
-    blocks = sorted({int(m.group(1)) for k in enc if (m := re.match(r"blocks\.(\d+)\.", k))})
+    blocks = block_indices(enc)
     embed = enc["pos_embed"].shape[-1] if "pos_embed" in enc else None
     if blocks:
-        no_attn = [i for i in blocks if f"blocks.{i}.attn.qkv.weight" not in enc and f"blocks.{i}.qkv.weight" not in enc]
-        if any(f"blocks.{i}.dwconv.weight" in enc for i in blocks):
-            kind = "a medsam3d-tiny encoder"
-        elif no_attn:
-            kind = f"a FastSAM3D student encoder ({len(no_attn)} attention-free blocks)"
-        else:
-            kind = "a SAM-Med3D ViT encoder"
+        kinds = (entry.recognise(enc) for entry in registered_models() if entry.recognise is not None)
+        kind = next((k for k in kinds if k), "an image encoder of no known family")
         parts.append(f"{kind} with embed_dim={embed}, depth={len(blocks)}")
     if any(k.startswith("mask_decoder.") for k in state):
         dim = state.get("mask_decoder.iou_token.weight")

@@ -11,9 +11,26 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .base import model_entry
+
+
+class ConfigContract:
+    """What ``PromptableModel3D`` reads of every family's config, typed once. Not a dataclass, so nothing here is a
+    config key: the sizes are each family's own fields, and the options below are defaults for families that do not
+    have them as fields (only ``TinyConfig`` does), so those neither store them (``config_dict``) nor accept them."""
+
+    img_size: int
+    patch_size: int
+    in_chans: int
+    embed_dim: int
+    out_chans: int
+    stem_chans: tuple[int, ...] = ()  # no conv stem: the decoder gets no skip maps
+    guidance_maps: bool = False
+    fine_output: bool = False
+
 
 @dataclass
-class PromptDecoderConfig:
+class PromptDecoderConfig(ConfigContract):
     """The 3D prompt encoder and two-way mask decoder shared by every model family."""
 
     prompt_embed_dim: Optional[int] = None  # None: the encoder's out_chans
@@ -31,21 +48,18 @@ class PromptDecoderConfig:
     # highest predicted IoU. Only for models trained that way (training/interactive.py; configs/default/train.yaml
     # turns it on for medsam3d-tiny); SAM-Med3D was not, nor are distilled students.
     first_click_multimask: bool = False
-    # decode every prompt set, not only a lone click, into the multimask outputs and keep the best-scored one. The
-    # single-mask output (token 0) of the run (c) weights blew up to a blob of 10^5 voxels when a negative click
-    # followed a small first answer (scripts/probe_clicks.py, ribs); the multimask outputs with the mask-scoring head
-    # refined the same clicks. Training then puts the loss on the best of the M masks after every click.
+    # decode every prompt set, not only a lone click, into the multimask outputs and keep the best-scored one
+    # (a corrective click can break the single-mask output); training then puts the loss on the best of the M masks
     multimask_refine: bool = False
     # score each mask from what it covers (Mask Scoring R-CNN's idea): the upscaled features pooled under the mask,
-    # pooled over the window, and its log size go through their own MLP. SAM's IoU head reads the IoU token only,
-    # and in a multimask run of medsam3d-tiny every output token was the same vector, whatever the input, so no head
-    # on the tokens could rank the masks. Adds parameters (mask_decoder.mask_iou_head); off for published models.
+    # pooled over the window, and its log size go through their own MLP (mask_decoder.mask_iou_head), instead of
+    # SAM's IoU head on the IoU token, which is then not built. Off for published models.
     mask_iou_head: bool = False
 
     @property
     def prompt_dim(self) -> int:
         """Width of the prompt encoder and decoder: ``prompt_embed_dim``, else the encoder's ``out_chans``."""
-        return self.prompt_embed_dim or self.out_chans  # type: ignore[attr-defined]
+        return self.prompt_embed_dim or self.out_chans
 
 
 @dataclass
@@ -98,12 +112,9 @@ class TinyConfig(PromptDecoderConfig):
     # Empty: a plain 16^3 patch embedding. The S/8 and S/4 stages feed the decoder as skip connections.
     stem_chans: tuple[int, ...] = (16, 32, 64)
     guidance_maps: bool = True  # the decoder's last conv also sees click heatmaps and the previous mask
-    # a third upscaling step to S/2 (64^3 logits at 3 mm instead of 32^3 at 6 mm), fed by the stem's S/2 map. At
-    # S/4 a 4 ml rib is about 18 output voxels: the held-out ribs' ground truth, averaged down to 32^3 and brought
-    # back, scores Dice 0.27-0.63, and 0.83-0.90 through 64^3 (scripts/probe_output_ceiling.py; a 32^3 answer
-    # fitted to the label does better than an average: pancreas 0.88 against 0.93 at 64^3). Adds
-    # image_encoder.fine_skip and mask_decoder.fine_head; the head starts as a no-op (zero read-out), so trained S/4
-    # weights can continue with it (docs/experiments/README.md, run f).
+    # a third upscaling step to S/2 (64^3 logits at 3 mm instead of 32^3 at 6 mm), fed by the stem's S/2 map: at
+    # S/4 a small structure (a rib) is a handful of output voxels. Adds image_encoder.fine_skip and
+    # mask_decoder.fine_head; the head starts as a no-op (zero read-out), so trained S/4 weights can continue with it.
     fine_output: bool = False
     # the decoder of a CPU model: narrower and shallower MLP than SAM-Med3D's
     decoder_mlp_dim: int = 512
@@ -113,21 +124,16 @@ class TinyConfig(PromptDecoderConfig):
     reference_pe: bool = False
 
 
-MODEL_CONFIGS: dict[str, type] = {
-    "sam-med3d": SamMed3DConfig,
-    "fastsam3d": FastSam3DConfig,
-    "medsam3d-tiny": TinyConfig,
-}
-
-
 def make_config(name: str, overrides: dict[str, Any]):
-    """Build the config of model ``name`` with keyword overrides; unknown keys are an error naming them."""
-    cls = MODEL_CONFIGS[name]
+    """Build the config of model ``name`` (a registered name or alias) with keyword overrides; unknown keys are an
+    error naming them."""
+    entry = model_entry(name)
+    cls = entry.config
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(
-            f"unknown config key(s) for {name}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            f"unknown config key(s) for {entry.name}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
         )
     values = dict(overrides)
     for key in ("global_attn_indexes", "attn_blocks", "stem_chans"):
@@ -142,4 +148,4 @@ def config_dict(cfg) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-__all__ = ["SamMed3DConfig", "FastSam3DConfig", "TinyConfig", "MODEL_CONFIGS", "make_config", "config_dict"]
+__all__ = ["ConfigContract", "SamMed3DConfig", "FastSam3DConfig", "TinyConfig", "make_config", "config_dict"]

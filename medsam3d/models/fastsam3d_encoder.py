@@ -11,9 +11,13 @@ residual stream itself, and the MLP's residual is taken from the normalised stre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Optional
+
 import torch
 from torch import nn
 
+from .checkpoint import block_indices
 from .common import MLPBlock, PatchEmbed3D, make_neck
 from .config import FastSam3DConfig
 from .vit_encoder import ViTBlock3D
@@ -83,3 +87,14 @@ class FastSam3DEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, S, S, S) -> (B, out_chans, S/16, ..)
         return self.forward_blocks(x)[1]
+
+
+def recognise(encoder_state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """For load errors (``base.Recogniser``): some blocks are MLP-only (``AttentionFreeBlock3D``: no norm1), the
+    others have SAM's attention."""
+    blocks = block_indices(encoder_state)
+    mlp_only = [i for i in blocks if f"blocks.{i}.norm1.weight" not in encoder_state]
+    attention = [i for i in blocks if f"blocks.{i}.attn.qkv.weight" in encoder_state]
+    if mlp_only and len(mlp_only) + len(attention) == len(blocks):
+        return f"a FastSAM3D student encoder ({len(mlp_only)} attention-free blocks)"
+    return None

@@ -117,10 +117,8 @@ class FineMaskHead(nn.Module):
     by the encoder, ``TinyEncoder3D.fine_skip``, and added), as in the S/8 and S/4 steps; each mask token gets its
     own small hypernetwork that reads these features out, as SAM does at S/4. The hypernetworks' last layers start
     at zero, so a model trained at S/4 answers exactly as before (up to the trilinear upsampling) when the head is
-    added, and the read-out learns from the first step. (A scalar ReZero gate in front of a random read-out was
-    tried first: after 1000 steps it had moved from 0 to -0.05 and the read-out not at all, because a random
-    correction is uncorrelated with the error, so the gate's gradient averages out; run f in
-    docs/experiments/README.md.)"""
+    added, and the read-out learns from the first step (a gate in front of a random read-out would not: a random
+    correction is uncorrelated with the error, so the gate's gradient averages out)."""
 
     def __init__(self, dim: int, num_mask_tokens: int) -> None:
         super().__init__()
@@ -176,8 +174,11 @@ class MaskDecoder3D(nn.Module):
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
-        # (features pooled inside the mask, pooled over the window, log size) -> IoU; see the config's docstring
+        # predicted IoU: SAM's head on the IoU token, (M+1) scores at once, or with mask_iou_head one score per mask
+        # from what it covers (features pooled inside it and over the window, log size; config.py). Only the head
+        # used is built (older checkpoints hold both: PromptableModel3D.skipped_checkpoint_keys).
+        self.iou_prediction_head = None if mask_iou_head else MLP(dim, iou_head_hidden_dim, self.num_mask_tokens,
+                                                                  iou_head_depth)
         self.mask_iou_head = MLP(2 * (dim // 8) + 1, iou_head_hidden_dim, 1, iou_head_depth) if mask_iou_head else None
 
     def _score_masks(self, masks: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
@@ -230,7 +231,7 @@ class MaskDecoder3D(nn.Module):
         _, cu, ux, uy, uz = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, cu, ux * uy * uz)).view(b, -1, ux, uy, uz)
         if self.mask_iou_head is not None:
-            iou_pred = self._score_masks(masks, upscaled)
+            iou_pred = self._score_masks(masks, upscaled)  # (B, M+1)
         else:
             iou_pred = self.iou_prediction_head(iou_token_out)  # (B, M+1)
         chosen = slice(1, None) if multimask_output else slice(0, 1)

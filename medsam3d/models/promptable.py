@@ -1,12 +1,13 @@
 """``PromptableModel3D``: image encoder + prompt encoder + mask decoder behind one ``encode``/``decode`` interface.
 
 Every model family (SAM-Med3D, FastSAM3D, medsam3d-tiny) is one of these; only the image encoder and sizes differ.
-Inputs are checked here, once, so every caller (Segmenter, trainer, evaluator, bridge) gets the same clear
-``InputError`` (a ``ValueError``) instead of a shape error from deep inside a layer.
+Inputs are checked here, once, so every caller (Segmenter, trainer, evaluator, serve worker) gets the same clear ``InputError``
+(a ``ValueError``) instead of a shape error from deep inside a layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .base import ImageEncoder
+from .config import PromptDecoderConfig
 from .guidance import decoder_guidance
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -31,7 +34,7 @@ Features = Union[ImageFeatures, torch.Tensor]  # a bare tensor is an embedding w
 
 
 class PromptableModel3D(nn.Module):
-    def __init__(self, name: str, config, image_encoder: nn.Module) -> None:
+    def __init__(self, name: str, config: PromptDecoderConfig, image_encoder: ImageEncoder) -> None:
         super().__init__()
         self.name = name
         self.config = config
@@ -42,14 +45,14 @@ class PromptableModel3D(nn.Module):
             raise ValueError(f"prompt_embed_dim ({dim}) must equal the encoder's out_chans ({config.out_chans})")
         self.prompt_encoder = PromptEncoder3D(dim, (grid,) * 3, (config.img_size,) * 3, config.mask_in_chans,
                                               config.box_prompts, config.reference_pe)
-        stem = tuple(getattr(config, "stem_chans", ()) or ())
+        stem = tuple(config.stem_chans or ())  # channels of a conv stem at S/2, S/4, S/8; () without one
         self.mask_decoder = MaskDecoder3D(dim, config.num_multimask_outputs, config.iou_head_depth,
                                           config.iou_head_hidden_dim, config.decoder_depth, config.decoder_mlp_dim,
                                           config.decoder_heads, config.attention_downsample_rate,
-                                          skip_chans=stem[:0:-1],
-                                          guidance=bool(stem) and bool(getattr(config, "guidance_maps", False)),
+                                          skip_chans=stem[:0:-1],  # (S/8, S/4): the order the decoder adds them
+                                          guidance=bool(stem) and bool(config.guidance_maps),
                                           mask_iou_head=config.mask_iou_head,
-                                          fine_output=bool(getattr(config, "fine_output", False)))
+                                          fine_output=bool(config.fine_output))
         # where each part's weights came from: "random" until a checkpoint fills it (see checkpoint.py)
         self.weight_sources: dict[str, str] = {p: "random" for p in ("image_encoder", "prompt_encoder", "mask_decoder")}
 
@@ -63,6 +66,22 @@ class PromptableModel3D(nn.Module):
     def is_trained(self) -> bool:
         """True when every part was loaded from a checkpoint (a random-weight model never answers a user)."""
         return all(src != "random" for src in self.weight_sources.values())
+
+    def multimask_for(self, lone_click: bool) -> bool:
+        """Decode policy: answer this prompt set with the M multimask outputs and keep the best-scored one?
+
+        ``lone_click``: the prompts are one click and nothing else (no box, no previous mask)."""
+        return bool(self.config.multimask_refine or (lone_click and self.config.first_click_multimask))
+
+    def skipped_checkpoint_keys(self, keys: Iterable[str]) -> list[str]:
+        """The ``keys`` of a checkpoint that loading skips on purpose: parts this model does not build.
+
+        The one such part: SAM's token IoU head (``mask_decoder.iou_prediction_head.*``) in a model whose masks
+        are scored by ``mask_iou_head``, where it would never run. Weights saved while it was still built
+        (medsam3d/weights/default.pt among them) hold it; every other key still loads strictly."""
+        if self.mask_decoder.iou_prediction_head is not None:
+            return []
+        return [k for k in keys if k.startswith("mask_decoder.iou_prediction_head.")]
 
     def encode(self, image: torch.Tensor) -> ImageFeatures:
         """Normalised crop (B, 1, S, S, S) -> image embedding (B, C, S/16, S/16, S/16) and any skip maps."""

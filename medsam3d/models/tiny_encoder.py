@@ -18,11 +18,15 @@ for a 2-core CPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import grouped_attention
+from .checkpoint import block_indices
 from .common import MLPBlock, PatchEmbed3D, make_neck
 from .config import TinyConfig
 
@@ -107,7 +111,7 @@ class TinyEncoder3D(nn.Module):
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
         self.img_size = cfg.img_size
-        self.fine_output = bool(getattr(cfg, "fine_output", False))
+        self.fine_output = bool(cfg.fine_output)
         if self.fine_output and not cfg.stem_chans:
             raise ValueError("fine_output needs the conv stem (stem_chans): its S/2 map feeds the S/2 logits")
         if self.fine_output:
@@ -167,3 +171,10 @@ class TinyEncoder3D(nn.Module):
         upscaling path adds at S/8 and S/4, and at S/2 with fine_output (none without a stem)."""
         _, final, skips = self._run(x)
         return (final, *skips)
+
+
+def recognise(encoder_state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """For load errors (``base.Recogniser``): a depthwise-conv block (``ConvMixBlock3D``)."""
+    if any(f"blocks.{i}.dwconv.weight" in encoder_state for i in block_indices(encoder_state)):
+        return "a medsam3d-tiny encoder"
+    return None

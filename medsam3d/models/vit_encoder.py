@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Optional
+
 import torch
 from torch import nn
 
+from .checkpoint import block_indices
 from .common import MLPBlock, PatchEmbed3D, make_neck
 from .config import SamMed3DConfig
 from .relpos_attention import RelPosAttention3D
@@ -59,3 +63,11 @@ class ViTEncoder3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, S, S, S) -> (B, out_chans, S/16, ..)
         return self.forward_blocks(x)[1]
+
+
+def recognise(encoder_state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """For load errors (``base.Recogniser``): every block has SAM's attention (``blocks.i.attn.qkv``)."""
+    blocks = block_indices(encoder_state)
+    if blocks and all(f"blocks.{i}.attn.qkv.weight" in encoder_state for i in blocks):
+        return "a SAM-Med3D ViT encoder"
+    return None

@@ -1,7 +1,6 @@
 """Cohorts on disk -> preprocessed cases in model space, cached, -> per-structure training targets.
 
-Layouts: nnU-Net v2 (``dataset.json`` with ``file_ending``/``channel_names``/``labels``, ``imagesTr/CASE_0000``,
-``labelsTr/CASE``) and the Medical Segmentation Decathlon (``dataset.json`` with a ``training`` list).
+The cases come from ``medsam3d.datasets`` (nnU-Net v2 and Decathlon folders, the held-out split).
 
 Preprocessing, done once per case and cached under a fingerprint of the files and the settings: reorient to
 RAS+ and resample to isotropic ``spacing`` (linear for the image, nearest for the labels), as the SAM-Med3D family
@@ -21,20 +20,13 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from ..atomic import atomic_output, write_text_atomic
+from ..datasets import Case, discover, without_heldout
 from ..errors import InputError
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
 CACHE_VERSION = 1  # bump when preprocessing changes: old caches are then ignored
-
-
-@dataclass
-class Case:
-    case_id: str
-    image: Path
-    label: Optional[Path]
-    modality: str  # "CT", "MR", ... (from the dataset's channel names)
 
 
 @dataclass
@@ -46,38 +38,6 @@ class Structure:
     voxels: int
     center: tuple[int, int, int]  # voxel index in model space
     bbox: tuple[tuple[int, int, int], tuple[int, int, int]]
-
-
-def discover(root: str | Path) -> list[Case]:
-    """Cases of an nnU-Net v2 or MSD dataset folder (label may be None when missing)."""
-    root = Path(root)
-    meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise InputError(f"{root} has no dataset.json (expected an nnU-Net v2 or Decathlon dataset folder)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{meta_path} is not valid JSON: {exc}") from None
-    if "training" in meta and isinstance(meta["training"], list):  # Medical Segmentation Decathlon
-        modality = str((meta.get("modality") or {}).get("0", "unknown"))
-        cases = []
-        for item in meta["training"]:
-            image = root / item["image"]
-            label = root / item["label"] if item.get("label") else None
-            case_id = Path(item["image"]).name.split(".")[0]
-            cases.append(Case(case_id, image, label if label and label.exists() else None, modality))
-        return cases
-    ending = meta.get("file_ending", ".nii.gz")
-    channels = meta.get("channel_names") or meta.get("modality") or {"0": "unknown"}
-    modality = str(channels.get("0", "unknown"))
-    cases = []
-    for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
-        case_id = image.name[: -len(f"_0000{ending}")]
-        label = root / "labelsTr" / f"{case_id}{ending}"
-        cases.append(Case(case_id, image, label if label.exists() else None, modality))
-    if not cases:
-        raise InputError(f"{root}/imagesTr holds no *_0000{ending} images")
-    return cases
 
 
 def fingerprint(cases: Sequence[Case], settings: dict) -> str:
@@ -104,7 +64,7 @@ def to_model_space(image: sitk.Image, spacing: float, interpolator: int, fill: f
     """Resample onto an RAS+ isotropic grid covering the image -> array [x, y, z] in model axis order."""
     import SimpleITK as sitk
 
-    from ..io import _ijk_from_sitk_array
+    from ..io import ijk_from_sitk_array
     from ..preprocess import RAS_DIRECTION_IN_LPS
 
     size = np.array(image.GetSize())
@@ -118,7 +78,7 @@ def to_model_space(image: sitk.Image, spacing: float, interpolator: int, fill: f
     ref.SetOrigin(tuple(float(v) for v in RAS_DIRECTION_IN_LPS @ lo))
     ref.SetDirection(tuple(RAS_DIRECTION_IN_LPS.reshape(-1)))
     out = sitk.Resample(image, ref, sitk.Transform(), interpolator, fill, pixel)
-    return np.ascontiguousarray(_ijk_from_sitk_array(sitk.GetArrayFromImage(out)))
+    return np.ascontiguousarray(ijk_from_sitk_array(sitk.GetArrayFromImage(out)))
 
 
 def _check_pair(case: Case) -> tuple[Optional[str], Optional[sitk.Image], Optional[sitk.Image]]:
@@ -144,12 +104,7 @@ def _check_pair(case: Case) -> tuple[Optional[str], Optional[sitk.Image], Option
 def preprocess(roots: Sequence[str | Path], cache: str | Path, spacing: float = 1.5,
                holdout: Sequence[str] = (), log=print) -> tuple[Path, list[dict]]:
     """Preprocess every usable case of ``roots`` into ``cache`` (once); -> (cache folder, case records)."""
-    found = [c for root in roots for c in discover(root)]
-    held = set(holdout)
-    unknown = sorted(held - {c.case_id for c in found})
-    if unknown:  # a misspelt held-out case would otherwise be trained on without a word
-        raise InputError(f"held-out case(s) {', '.join(unknown)} not found in the data roots")
-    cases = [c for c in found if c.case_id not in held]
+    cases = without_heldout([c for root in roots for c in discover(root)], holdout)
     if not cases:
         raise InputError("no cases found in the data roots")
     settings = {"spacing": spacing}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -32,11 +34,25 @@ def barrier() -> None:
 
 
 def mean_across_ranks(value: float, device: torch.device) -> float:
+    return means_across_ranks([value], device)[0]
+
+
+def means_across_ranks(values: Sequence[float], device: torch.device) -> list[float]:
+    """Each value's mean over the ranks (one all-reduce; every rank passes as many values, in the same order)."""
     if not is_distributed():
-        return float(value)
-    t = torch.tensor([float(value)], device=device)
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], device=device)
     dist.all_reduce(t)
-    return float(t) / dist.get_world_size()
+    return [float(v) / dist.get_world_size() for v in t]
+
+
+def with_every_parameter(loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``loss`` + 0 x every trainable parameter of ``module``.
+
+    Each parameter then gets a gradient, zero where the step did not use it (box embeddings without a box, a layer
+    the distillation schedule has not reached yet), so DDP reduces every bucket without find_unused_parameters, and
+    the optimiser updates every parameter alike (AdamW's weight decay included), alone or under DDP."""
+    return loss + 0.0 * sum(p.sum() for p in module.parameters() if p.requires_grad)
 
 
 def cleanup() -> None:

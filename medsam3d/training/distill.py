@@ -7,21 +7,28 @@ features are computed once per (fixed) crop with the fast exact teacher and cach
 
 Stage 2: the student's prompt encoder and decoder (copied from the teacher when the widths agree) are trained on
 masks with the interactive loop, the student encoder frozen unless ``stage2_train_student``.
+
+``distill.mode: holistic`` replaces both with ESAM's single stage (``HolisticDistillationStep``). Every stage is a
+step function run by ``loop.train_stage``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Union
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceCELoss
 from torch import nn
 
 from ..errors import InputError
 from ..atomic import atomic_output
 from . import ddp
-from .interactive import HolisticDistillationStep
-from .trainer import Run, build_from, interactive_loop, set_trainable, step_seed
+from .clicks import error_clicks, first_clicks
+from .config import HolisticWeights, ModelSpec, RunConfig
+from .loop import Stage, simulated_clicks, train_stage
+from .trainer import Run, build_from, interactive_stage, set_trainable
 
 
 def matched_teacher_blocks(n_student: int, n_teacher: int) -> list[int]:
@@ -54,6 +61,9 @@ class LayerwiseDistillation(nn.Module):
 
     def forward(self, images: torch.Tensor, teacher_streams: list[torch.Tensor], teacher_final: torch.Tensor,
                 n_layers: int) -> tuple[torch.Tensor, dict]:
+        """images (B, 1, S, S, S); the teacher's streams at the matched blocks, (B, N, width) each, and its final
+        embedding (B, C, S/16, S/16, S/16) -> loss over the first ``n_layers`` blocks (+ the final embedding once
+        every block is matched) and its parts."""
         streams, final = self.encoder.forward_blocks(images)
         losses = [relative_mse(self.projections[i](streams[i]), teacher_streams[i]) for i in range(n_layers)]
         loss = torch.stack(losses).mean()
@@ -62,8 +72,6 @@ class LayerwiseDistillation(nn.Module):
             final_loss = relative_mse(self.final(final), teacher_final)
             loss = loss + final_loss
             info["embedding_loss"] = float(final_loss.detach())
-        # parameters not used at this stage of the schedule still take part (DDP needs every grad defined)
-        loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
         return loss, info
 
 
@@ -94,34 +102,67 @@ class TeacherCache:
         return streams, final
 
 
-def _holistic(run: Run, student: nn.Module, teacher: nn.Module) -> Path:
-    """ESAM's holistic distillation: one stage, embedding + teacher masks + ground truth (interactive clicks)."""
-    d, t = run.cfg["distill"], run.cfg["train"]
-    steps = int(d["holistic_steps"])
-    student.train()
-    step_module = HolisticDistillationStep(student, teacher, int(t["clicks"]), dict(d["holistic_weights"]))
-    opt, sched = run.optimiser([p for p in step_module.parameters() if p.requires_grad], steps)
-    start = run.restore(step_module, "distiller", opt, sched, "holistic distillation") if run.resume_state else 0
-    wrapped = run.wrap(step_module)
-    batches = run.batches(run.dataset(student.config.img_size), start)
-    for step in range(start, steps):
-        batch = next(batches)
-        with run.autocast():
-            loss, info = wrapped(batch["image"].to(run.device), batch["target"].to(run.device),
-                                 step_seed(int(run.cfg["seed"]), step, 0, run.rank))
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss_value = ddp.mean_across_ranks(float(loss.detach()), run.device)
-        if (step + 1) % int(t["log_every"]) == 0 or step == start:
-            run.metrics(step + 1, {"loss": loss_value, **info, "lr": sched.get_last_lr()[0]})
-            run.log(f"holistic step {step + 1}/{steps} loss {loss_value:.4f}")
-        if (step + 1) % int(t["checkpoint_every"]) == 0 or step + 1 == steps:
-            run.save({"stage": "holistic", "step": step + 1, "rank_digests": run.check_in_sync(step_module),
-                      "distiller": step_module.state_dict(), "model": student.state_dict(),
-                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
-    return run.finish(student)
+class LayerwiseStep:
+    """Stage 1's step function: the teacher's features of the batch's (fixed) crops, from the cache, matched by as
+    many student blocks as the schedule has reached at this step."""
+
+    def __init__(self, cache: TeacherCache, n_blocks: int, every: int) -> None:
+        self.cache, self.n_blocks, self.every = cache, n_blocks, every
+
+    def __call__(self, module: nn.Module, batch: dict, step: int, seed: int) -> tuple[torch.Tensor, dict]:
+        images = batch["image"]
+        with torch.autocast(images.device.type, enabled=False):  # the teacher in full precision, as cached
+            t_streams, t_final = self.cache(images, batch["index"].tolist())
+        loss, info = module(images, t_streams, t_final, matched_layers(step, self.n_blocks, self.every))
+        return loss, {"stage": 1, **info}  # "stage" marks stage 1's rows of metrics.csv
+
+
+class HolisticDistillationStep(nn.Module):
+    """ESAM-style holistic distillation for students of any shape (convolutional ones included): match the
+    teacher's final image embedding, its output mask (soft targets) and, where present, the ground truth, for the
+    same clicks. The teacher is frozen and not part of this module's parameters."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, clicks: int,
+                 weights: Union[HolisticWeights, dict[str, float]]) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = [teacher]  # a list keeps it out of this module's parameters and of DDP
+        self.clicks = clicks
+        self.weights = HolisticWeights(**weights) if isinstance(weights, dict) else weights
+        s_dim, t_dim = student.config.prompt_dim, teacher.config.prompt_dim
+        self.project = nn.Identity() if s_dim == t_dim else nn.Conv3d(s_dim, t_dim, 1)
+        self.mask_loss = DiceCELoss(sigmoid=True)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+        """images, targets (B, 1, S, S, S) -> weighted loss, and its parts (the mask parts averaged over clicks)."""
+        teacher = self.teacher[0]
+        gen = torch.Generator().manual_seed(int(seed))
+        size = images.shape[-1]
+        with torch.no_grad():
+            t_emb = teacher.encode(images)
+        s_emb = self.student.encode(images)
+        t_flat = t_emb.embedding.float()
+        feature = F.mse_loss(self.project(s_emb.embedding), t_flat) / t_flat.pow(2).mean().clamp(min=1e-6)
+        points, labels = first_clicks(targets, gen)
+        s_prev = t_prev = None
+        output = truth = images.new_zeros(())
+        for _ in range(self.clicks):
+            with torch.no_grad():
+                t_low, _ = teacher.decode(t_emb, points=points, labels=labels, mask_input=t_prev)
+            s_low, _ = self.student.decode(s_emb, points=points, labels=labels, mask_input=s_prev)
+            t_soft = torch.sigmoid(t_low)
+            if t_soft.shape[2:] != s_low.shape[2:]:  # a student with a finer output than its teacher's S/4
+                t_soft = F.interpolate(t_soft, size=s_low.shape[2:], mode="trilinear", align_corners=False)
+            output = output + F.binary_cross_entropy_with_logits(s_low, t_soft)
+            logits = F.interpolate(s_low, size=(size,) * 3, mode="trilinear", align_corners=False)
+            truth = truth + self.mask_loss(logits, targets)
+            new_points, new_labels = error_clicks((logits > 0).float().detach(), targets, gen)
+            points, labels = torch.cat([points, new_points], 1), torch.cat([labels, new_labels], 1)
+            s_prev, t_prev = s_low.detach(), t_low
+        w = self.weights
+        loss = w.feature * feature + (w.output * output + w.truth * truth) / self.clicks
+        return loss, {"feature_loss": float(feature.detach()), "output_loss": float(output.detach()) / self.clicks,
+                      "dice_ce": float(truth.detach()) / self.clicks}
 
 
 def _same_decoder(student: nn.Module, teacher: nn.Module) -> bool:
@@ -136,86 +177,105 @@ def _same_decoder(student: nn.Module, teacher: nn.Module) -> bool:
 
 
 def _widths(encoder: nn.Module, img_size: int, device) -> tuple[list[int], int]:
+    """-> the width of each block's token stream, and the final embedding's channels."""
     with torch.no_grad():
         streams, final = encoder.forward_blocks(torch.zeros(1, 1, img_size, img_size, img_size, device=device))
     return [s.shape[-1] for s in streams], final.shape[1]
 
 
-def run_distill(cfg: dict, out: str | Path, resume: bool = False) -> Path:
+def _frozen_teacher(spec: ModelSpec, device: torch.device) -> nn.Module:
+    teacher = build_from(spec, device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def run_distill(cfg: RunConfig, out: str | Path, resume: bool = False) -> Path:
+    """``medsam3d distill``: layer-wise (stage 1, then stage 2) or holistic, as ``distill.mode`` says."""
     run = Run(cfg, out, resume, "distill")
     try:
-        d = cfg["distill"]
-        if d["mode"] not in ("layerwise", "holistic"):
-            raise InputError(f"distill.mode must be layerwise or holistic, got {d['mode']!r}")
-        teacher = build_from(d["teacher"], run.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        student = build_from(cfg["model"], run.device)
+        teacher = _frozen_teacher(cfg.distill.teacher, run.device)
+        student = build_from(cfg.model, run.device)
         if student.config.img_size != teacher.config.img_size:
             raise InputError("student and teacher must take the same crop size (img_size)")
-        if d["mode"] == "holistic":
-            return _holistic(run, student, teacher)
-        if not cfg["model"].get("checkpoint") and _same_decoder(student, teacher):
-            # FastSAM3D reuses SAM-Med3D's prompt encoder and decoder
-            student.prompt_encoder.load_state_dict(teacher.prompt_encoder.state_dict(), strict=False)
-            student.mask_decoder.load_state_dict(teacher.mask_decoder.state_dict())
-            run.log("student starts from the teacher's prompt encoder and mask decoder")
-        size = student.config.img_size
-        s_widths, s_out = _widths(student.image_encoder, size, run.device)
-        t_widths_all, t_out = _widths(teacher.image_encoder, size, run.device)
-        blocks = matched_teacher_blocks(len(s_widths), len(t_widths_all))
-        run.log(f"student blocks 1..{len(s_widths)} <- teacher blocks {[b + 1 for b in blocks]}")
-        stage1, stage2 = int(d["stage1_steps"]), int(d["stage2_steps"])
-        distiller = LayerwiseDistillation(student.image_encoder, s_widths, [t_widths_all[b] for b in blocks],
-                                          s_out, t_out).to(run.device)
-        state = run.resume_state or {}
-        start = int(state.get("step", 0))
-
-        if start < stage1:  # ------------------------------------------------ stage 1: features
-            student.train()
-            opt, sched = run.optimiser([p for p in distiller.parameters() if p.requires_grad], stage1)
-            if state.get("stage") == 1:
-                run.restore(distiller, "distiller", opt, sched, "stage 1")
-            cache = TeacherCache(teacher, blocks, run.out / "teacher_cache", bool(d["feature_cache"]))
-            wrapped = run.wrap(distiller)
-            dataset = run.dataset(size, fixed=True)
-            batches = run.batches(dataset, start)
-            for step in range(start, stage1):
-                batch = next(batches)
-                images = batch["image"].to(run.device)
-                t_streams, t_final = cache(images, batch["index"].tolist())
-                n_layers = matched_layers(step, len(s_widths), d["schedule_every"])
-                with run.autocast():
-                    loss, info = wrapped(images, t_streams, t_final, n_layers)
-                loss.backward()
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                loss_value = ddp.mean_across_ranks(float(loss.detach()), run.device)
-                if (step + 1) % int(cfg["train"]["log_every"]) == 0 or step == start:
-                    run.metrics(step + 1, {"stage": 1, "loss": loss_value, **info, "lr": sched.get_last_lr()[0]})
-                    run.log(f"stage 1 step {step + 1}/{stage1} layers {n_layers} loss {loss_value:.5f}")
-                if (step + 1) % int(cfg["train"]["checkpoint_every"]) == 0 or step + 1 == stage1:
-                    run.save({"stage": 1, "step": step + 1, "rank_digests": run.check_in_sync(distiller),
-                              "distiller": distiller.state_dict(),
-                              "model": student.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict()})
-            start = stage1
-            state = {}
-
-        if stage2 > 0:  # ---------------------------------------------------- stage 2: masks
-            if state.get("stage") == 1:  # resumed after stage 1 had finished: its student is in the checkpoint
-                student.load_state_dict(state["model"])
-            frozen = [] if d["stage2_train_student"] else ["image_encoder"]
-            params = set_trainable(student, frozen)
-            student.train()
-            opt, sched = run.optimiser(params, stage2)
-            if state.get("stage") == 2:
-                run.restore(student, "model", opt, sched, "stage 2")
-            interactive_loop(run, student, start, stage1 + stage2, opt, sched, {"stage": 2}, offset=stage1)
+        if cfg.distill.mode == "holistic":
+            _holistic(run, student, teacher)
+        else:
+            _layerwise(run, student, teacher)
         return run.finish(student)
     finally:
         ddp.cleanup()
 
 
-__all__ = ["run_distill", "matched_layers", "matched_teacher_blocks"]
+def _holistic(run: Run, student: nn.Module, teacher: nn.Module) -> None:
+    """ESAM's holistic distillation: one stage, embedding + teacher masks + ground truth (interactive clicks)."""
+    d = run.cfg.distill
+    student.train()
+    module = HolisticDistillationStep(student, teacher, run.cfg.train.clicks, d.holistic_weights)
+    opt, sched = run.optimiser([p for p in module.parameters() if p.requires_grad], d.holistic_steps)
+    start = run.restore(module, "distiller", opt, sched, "holistic distillation") if run.resume_state else 0
+    stage = Stage(simulated_clicks, module, student, run.dataset(student.config.img_size), 0, d.holistic_steps,
+                  label="holistic", tag="holistic", save_module=True)
+    train_stage(run, stage, opt, sched, start)
+
+
+def _layerwise(run: Run, student: nn.Module, teacher: nn.Module) -> None:
+    """Stage 1 (features), then stage 2 (masks); a resumed run continues in the stage its checkpoint was in."""
+    d = run.cfg.distill
+    if not run.cfg.model.checkpoint and _same_decoder(student, teacher):
+        # FastSAM3D reuses SAM-Med3D's prompt encoder and decoder
+        student.prompt_encoder.load_state_dict(teacher.prompt_encoder.state_dict(), strict=False)
+        student.mask_decoder.load_state_dict(teacher.mask_decoder.state_dict())
+        run.log("student starts from the teacher's prompt encoder and mask decoder")
+    # built (its projections drawn from the seeded RNG) even when a resumed run is past stage 1
+    distiller, blocks = _distiller(run, student, teacher)
+    state = run.resume_state or {}
+    start = int(state.get("step", 0))
+    if start < d.stage1_steps:
+        cache = TeacherCache(teacher, blocks, run.out / "teacher_cache", d.feature_cache)
+        _feature_matching(run, student, distiller, LayerwiseStep(cache, len(blocks), d.schedule_every), state, start)
+        start, state = d.stage1_steps, {}
+    if d.stage2_steps > 0:
+        _mask_finetuning(run, student, state, start)
+
+
+def _distiller(run: Run, student: nn.Module, teacher: nn.Module) -> tuple[LayerwiseDistillation, list[int]]:
+    """-> the student's encoder with its projections onto the teacher's widths, and the teacher block matched to
+    each student block."""
+    size = student.config.img_size
+    s_widths, s_out = _widths(student.image_encoder, size, run.device)
+    t_widths, t_out = _widths(teacher.image_encoder, size, run.device)
+    blocks = matched_teacher_blocks(len(s_widths), len(t_widths))
+    run.log(f"student blocks 1..{len(s_widths)} <- teacher blocks {[b + 1 for b in blocks]}")
+    distiller = LayerwiseDistillation(student.image_encoder, s_widths, [t_widths[b] for b in blocks], s_out, t_out)
+    return distiller.to(run.device), blocks
+
+
+def _feature_matching(run: Run, student: nn.Module, distiller: LayerwiseDistillation, step: LayerwiseStep,
+                      state: dict, start: int) -> None:
+    """Stage 1: the student's blocks matched to the teacher's, progressively, on fixed crops."""
+    d = run.cfg.distill
+    student.train()
+    opt, sched = run.optimiser([p for p in distiller.parameters() if p.requires_grad], d.stage1_steps)
+    if state.get("stage") == 1:
+        run.restore(distiller, "distiller", opt, sched, "stage 1")
+    stage = Stage(step, distiller, student, run.dataset(student.config.img_size, fixed=True), 0, d.stage1_steps,
+                  label="stage 1", tag=1, save_module=True)
+    train_stage(run, stage, opt, sched, start)
+
+
+def _mask_finetuning(run: Run, student: nn.Module, state: dict, start: int) -> None:
+    """Stage 2: the interactive loop on the student, its encoder frozen unless ``stage2_train_student``."""
+    d = run.cfg.distill
+    if state.get("stage") == 1:  # resumed after stage 1 had finished: its student is in the checkpoint
+        student.load_state_dict(state["model"])
+    params = set_trainable(student, [] if d.stage2_train_student else ["image_encoder"])
+    student.train()
+    opt, sched = run.optimiser(params, d.stage2_steps)
+    if state.get("stage") == 2:
+        run.restore(student, "model", opt, sched, "stage 2")
+    first, last = d.stage1_steps, d.stage1_steps + d.stage2_steps
+    train_stage(run, interactive_stage(run, student, first, last, label="stage 2", tag=2), opt, sched, start)
+
+
+__all__ = ["run_distill", "matched_layers", "matched_teacher_blocks", "HolisticDistillationStep"]

@@ -7,15 +7,41 @@ click), so DistributedDataParallel wraps one forward and synchronises gradients 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceLoss
 from torch import nn
 
 from .clicks import boxes_of, error_clicks, first_clicks
 from .config import FOLLOW_CHOICES
+
+
+class Prompts(NamedTuple):
+    """The prompts of a sample so far, at full resolution (S^3 voxel coordinates)."""
+
+    points: Optional[torch.Tensor]  # (B, N, 3); None while a box is the only prompt
+    labels: Optional[torch.Tensor]  # (B, N): 1 inside, 0 outside
+    boxes: Optional[torch.Tensor]  # (B, 6): lo xyz, hi xyz; None without a box
+
+    def plus(self, points: torch.Tensor, labels: torch.Tensor) -> "Prompts":
+        """With one more click per sample: points (B, 1, 3), labels (B, 1)."""
+        if self.points is None:
+            return self._replace(points=points, labels=labels)
+        return self._replace(points=torch.cat([self.points, points], 1), labels=torch.cat([self.labels, labels], 1))
+
+
+class Decoded(NamedTuple):
+    """One decode of a prompt set, measured against the target on the loss grid (s = S / loss_downsample)."""
+
+    low_res: torch.Tensor  # (B, M, L, L, L) logits at the decoder's resolution (M: 1, or the multimask outputs)
+    iou_pred: torch.Tensor  # (B, M) the IoU head's score of each mask
+    masks: torch.Tensor  # (B, M, s, s, s) bool, detached
+    losses: torch.Tensor  # (B, M) Dice + BCE of each mask
+    inter: torch.Tensor  # (B, M) voxels each mask shares with the target
+    iou_true: torch.Tensor  # (B, M) each mask's IoU with the target
+    best: torch.Tensor  # (B,) the lowest-loss mask: the one the loss is on
 
 
 class InteractiveStep(nn.Module):
@@ -34,25 +60,105 @@ class InteractiveStep(nn.Module):
             raise ValueError(f"follow must be one of {FOLLOW_CHOICES}, not {follow!r}")
         self.follow = follow
         self.model = model
+        # as many clicks as the protocol gives (10): beyond the clicks it was trained on, a decoder's answers
+        # collapse. All are decoded; only ``loss_clicks`` of them carry the loss, so back-propagation need not go
+        # through every one
         self.clicks = clicks
-        # the decoder must see as many clicks in training as the protocol gives it (10): beyond the clicks it was
-        # trained on, the run (c) weights turned a spleen at Dice 0.78 into a speck. All are decoded; only
-        # ``loss_clicks`` of them carry the loss, so back-propagation need not go through every one
         self.loss_clicks = clicks if not loss_clicks else max(1, min(int(loss_clicks), clicks))
-        self.box_prob = box_prob if getattr(model.config, "box_prompts", False) else 0.0
+        self.box_prob = box_prob if model.config.box_prompts else 0.0
         self.down = max(int(loss_downsample), 1)
         self.central_prob = central_prob
-        # SAM's answer to a single click's ambiguity (a vertebra, or the spine?): decode all M masks, put the loss on
-        # the best one only and teach the IoU head to rank them; inference keeps the highest predicted IoU
-        self.multimask_first = bool(getattr(model.config, "first_click_multimask", False))
-        # multimask_refine: every click is answered that way, as Segmenter then decodes every prompt set
-        self.multimask_always = bool(getattr(model.config, "multimask_refine", False))
-        # the IoU head's MSE alone learned a prior ("mask 1 is best") instead of a ranking; a listwise term
+        # a multimask decode (model.multimask_for) puts the loss on the best of its M masks and teaches the IoU head
+        # to rank them. MSE alone can learn a prior ("mask 1 is best") instead of a ranking; the listwise term
         # (ListNet: cross-entropy between the softmaxes of predicted and true IoUs over the M masks) pushes the
         # order, and its minimum is still exact calibration (predicted = true), so the two terms agree
         self.rank_weight = float(rank_weight)
         self.rank_temperature = float(rank_temperature)
         self.dice = DiceLoss(sigmoid=True, reduction="none")
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+        """images, targets (B, 1, S, S, S) -> mean loss over the clicks that carry it, and metrics: dice after the
+        last click (of the mask with the highest predicted IoU) and rank_acc, the share of multimask decodes where
+        the IoU head picked the truly best mask (nan without multimask)."""
+        gen = torch.Generator().manual_seed(int(seed))  # every random choice of the step, in a fixed order
+        soft, hard = self._loss_targets(targets)
+        embedding = self.model.encode(images)
+        prompts = self._first_prompts(targets, hard, gen)
+        trained = self._loss_carrying_clicks(gen)
+        rows = torch.arange(images.shape[0], device=images.device)
+        total, ranked, previous = images.new_zeros(()), [], None
+        for click in range(self.clicks):
+            multimask = self.model.multimask_for(lone_click=click == 0 and prompts.boxes is None)
+            with nullcontext() if click in trained else torch.no_grad():
+                out = self._decode(embedding, prompts, previous, multimask, soft, hard)
+            if click in trained:
+                total = self._add_loss(total, out, rows)
+            if out.losses.shape[1] > 1:
+                ranked.append((out.iou_pred.detach().argmax(1) == out.iou_true.argmax(1)).float())  # (B,)
+            kept = self._followed(out)
+            previous = out.low_res[rows, kept][:, None].detach()  # (B, 1, L, L, L): the next mask prompt
+            if click + 1 < self.clicks:
+                prompts = self._error_click(prompts, out.masks[rows, kept][:, None], hard, gen)
+        return total / self.loss_clicks, self._metrics(out, hard, ranked, rows)
+
+    # ------------------------------------------------------------------ choices
+    def _first_prompts(self, targets: torch.Tensor, hard: torch.Tensor, gen: torch.Generator) -> Prompts:
+        """A box (with chance ``box_prob``, models that take boxes) or one click inside each target."""
+        if self.box_prob > 0 and float(torch.rand(1, generator=gen)) < self.box_prob:
+            return Prompts(None, None, boxes_of(targets, gen))
+        points, labels = first_clicks(hard.float(), gen, self.central_prob)
+        return Prompts(self._to_full(points, gen), labels, None)
+
+    def _loss_carrying_clicks(self, gen: torch.Generator) -> set[int]:
+        """The first click and a random draw of ``loss_clicks - 1`` others (every click without loss_clicks)."""
+        if self.loss_clicks >= self.clicks:
+            return set(range(self.clicks))
+        others = torch.randperm(self.clicks - 1, generator=gen)[: self.loss_clicks - 1] + 1
+        return {0, *others.tolist()}
+
+    def _followed(self, out: Decoded) -> torch.Tensor:
+        """(B,) the mask the next click is placed on and fed back: the best one, or the IoU head's pick."""
+        return out.iou_pred.detach().argmax(1) if self.follow == "predicted" else out.best
+
+    def _error_click(self, prompts: Prompts, pred: torch.Tensor, hard: torch.Tensor,
+                     gen: torch.Generator) -> Prompts:
+        """The prompts plus one click on each sample's larger error; pred, hard (B, 1, s, s, s) on the loss grid."""
+        points, labels = error_clicks(pred.float(), hard.float(), gen, self.central_prob)
+        return prompts.plus(self._to_full(points, gen), labels)
+
+    # ------------------------------------------------------------------ computation
+    def _loss_targets(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """targets (B, 1, S, S, S) -> soft (B, 1, s, s, s) float and hard bool targets on the loss grid."""
+        soft = F.avg_pool3d(targets, self.down) if self.down > 1 else targets
+        return soft, soft > 0.5
+
+    def _decode(self, embedding, prompts: Prompts, previous: Optional[torch.Tensor], multimask: bool,
+                soft: torch.Tensor, hard: torch.Tensor) -> Decoded:
+        low_res, iou_pred = self.model.decode(embedding, points=prompts.points, labels=prompts.labels,
+                                              boxes=prompts.boxes, mask_input=previous, multimask_output=multimask)
+        logits = F.interpolate(low_res, size=soft.shape[2:], mode="trilinear", align_corners=False)
+        masks = (logits > 0).detach()
+        inter = (masks & hard).flatten(2).sum(2).float()
+        union = (masks | hard).flatten(2).sum(2).float().clamp(min=1)
+        losses = self._mask_losses(logits, soft)
+        return Decoded(low_res, iou_pred, masks, losses, inter, inter / union, losses.detach().argmin(1))
+
+    def _add_loss(self, total: torch.Tensor, out: Decoded, rows: torch.Tensor) -> torch.Tensor:
+        """``total`` plus one click's loss: its best mask's Dice + BCE, the IoU head's error on every mask, and on a
+        multimask decode the ranking term (added one by one, in this order)."""
+        total = total + out.losses[rows, out.best].mean() + F.mse_loss(out.iou_pred, out.iou_true)
+        if out.losses.shape[1] > 1 and self.rank_weight > 0:
+            total = total + self.rank_weight * self._rank_loss(out.iou_pred, out.iou_true)
+        return total
+
+    def _metrics(self, out: Decoded, hard: torch.Tensor, ranked: list[torch.Tensor],
+                 rows: torch.Tensor) -> dict[str, float]:
+        """Dice of the last decode's mask that inference keeps (highest predicted IoU), and rank_acc."""
+        shown = out.iou_pred.detach().argmax(1)  # (B,)
+        sizes = out.masks[rows, shown].flatten(1).sum(1) + hard.flatten(1).sum(1)
+        dice = 2 * out.inter[rows, shown] / sizes.float().clamp(min=1)
+        rank_acc = float(torch.cat(ranked).mean()) if ranked else float("nan")
+        return {"dice": float(dice.mean()), "rank_acc": rank_acc}
 
     def _rank_loss(self, iou_pred: torch.Tensor, iou_true: torch.Tensor) -> torch.Tensor:
         """iou_pred, iou_true (B, M) -> listwise ranking loss (scalar), zero at iou_pred == iou_true."""
@@ -68,111 +174,8 @@ class InteractiveStep(nn.Module):
         return dice + bce
 
     def _to_full(self, points: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """points (B, N, 3) on the loss grid -> a random voxel of each one's d^3 cell at full resolution."""
         if self.down == 1:
             return points
         offset = torch.randint(0, self.down, points.shape, generator=gen).to(points)
         return points * self.down + offset
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
-        """images, targets (B, 1, S, S, S) -> mean loss over the clicks that carry it, and metrics: dice after the
-        last click (of the mask with the highest predicted IoU) and rank_acc, the share of multimask decodes where
-        the IoU head picked the truly best mask (nan without multimask)."""
-        gen = torch.Generator().manual_seed(int(seed))
-        size = images.shape[-1] // self.down
-        soft = F.avg_pool3d(targets, self.down) if self.down > 1 else targets  # (B, 1, S/d, ..)
-        hard = soft > 0.5
-        embedding = self.model.encode(images)
-        use_box = self.box_prob > 0 and float(torch.rand(1, generator=gen)) < self.box_prob
-        boxes = boxes_of(targets, gen) if use_box else None
-        points = labels = None
-        if not use_box:
-            points, labels = first_clicks(hard.float(), gen, self.central_prob)
-            points = self._to_full(points, gen)
-        previous = None
-        total = images.new_zeros(())
-        ranked: list[torch.Tensor] = []  # per multimask decode: did the head pick the truly best mask? (B,)
-        trained = set(range(self.clicks))  # the clicks that carry the loss
-        if self.loss_clicks < self.clicks:
-            others = torch.randperm(self.clicks - 1, generator=gen)[: self.loss_clicks - 1] + 1
-            trained = {0, *others.tolist()}
-        for click in range(self.clicks):
-            multimask = self.multimask_always or (self.multimask_first and click == 0 and not use_box)
-            with nullcontext() if click in trained else torch.no_grad():
-                low_res, iou_pred = self.model.decode(embedding, points=points, labels=labels, boxes=boxes,
-                                                      mask_input=previous, multimask_output=multimask)
-                logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
-                masks = (logits > 0).detach()  # (B, M, s, s, s)
-                inter = (masks & hard).flatten(2).sum(2).float()  # (B, M)
-                union = (masks | hard).flatten(2).sum(2).float().clamp(min=1)
-                losses = self._mask_losses(logits, soft)  # (B, M)
-            best = losses.detach().argmin(1)  # (B,): the mask the loss is on (and, by default, the next click)
-            rows = torch.arange(len(best), device=best.device)
-            iou_true = inter / union  # (B, M)
-            if click in trained:
-                total = total + losses[rows, best].mean() + F.mse_loss(iou_pred, iou_true)
-                if logits.shape[1] > 1 and self.rank_weight > 0:
-                    total = total + self.rank_weight * self._rank_loss(iou_pred, iou_true)
-            if logits.shape[1] > 1:
-                ranked.append((iou_pred.detach().argmax(1) == iou_true.argmax(1)).float())
-            kept = iou_pred.detach().argmax(1) if self.follow == "predicted" else best  # (B,)
-            pred = masks[rows, kept][:, None]  # (B, 1, s, s, s)
-            new_points, new_labels = error_clicks(pred.float(), hard.float(), gen, self.central_prob)
-            new_points = self._to_full(new_points, gen)
-            points = new_points if points is None else torch.cat([points, new_points], 1)
-            labels = new_labels if labels is None else torch.cat([labels, new_labels], 1)
-            previous = low_res[rows, kept][:, None].detach()
-        # parameters this sample did not use (box embeddings without a box) still get a (zero) gradient, so DDP
-        # can reduce every bucket without find_unused_parameters
-        unused = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-        shown = iou_pred.detach().argmax(1)  # of the last click's masks, the one inference keeps (no target there)
-        sizes = masks[rows, shown].flatten(1).sum(1) + hard.flatten(1).sum(1)
-        dice = 2 * inter[rows, shown] / sizes.float().clamp(min=1)
-        rank_acc = float(torch.cat(ranked).mean()) if ranked else float("nan")
-        return total / self.loss_clicks + unused, {"dice": float(dice.mean()), "rank_acc": rank_acc}
-
-
-class HolisticDistillationStep(nn.Module):
-    """ESAM-style holistic distillation for students of any shape (convolutional ones included): match the
-    teacher's final image embedding, its output mask (soft targets) and, where present, the ground truth, for the
-    same clicks. The teacher is frozen and not part of this module's parameters."""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, clicks: int, weights: dict[str, float]) -> None:
-        super().__init__()
-        self.student = student
-        self.teacher = [teacher]  # a list keeps it out of this module's parameters and of DDP
-        self.clicks = clicks
-        self.weights = weights
-        s_dim, t_dim = student.config.prompt_dim, teacher.config.prompt_dim
-        self.project = nn.Identity() if s_dim == t_dim else nn.Conv3d(s_dim, t_dim, 1)
-        self.mask_loss = DiceCELoss(sigmoid=True)
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
-        teacher = self.teacher[0]
-        gen = torch.Generator().manual_seed(int(seed))
-        size = images.shape[-1]
-        with torch.no_grad():
-            t_emb = teacher.encode(images)
-        s_emb = self.student.encode(images)
-        t_flat = t_emb.embedding.float()
-        feature = F.mse_loss(self.project(s_emb.embedding), t_flat) / t_flat.pow(2).mean().clamp(min=1e-6)
-        points, labels = first_clicks(targets, gen)
-        s_prev = t_prev = None
-        output = truth = images.new_zeros(())
-        for _ in range(self.clicks):
-            with torch.no_grad():
-                t_low, _ = teacher.decode(t_emb, points=points, labels=labels, mask_input=t_prev)
-            s_low, _ = self.student.decode(s_emb, points=points, labels=labels, mask_input=s_prev)
-            t_soft = torch.sigmoid(t_low)
-            if t_soft.shape[2:] != s_low.shape[2:]:  # a student with a finer output than its teacher's S/4
-                t_soft = F.interpolate(t_soft, size=s_low.shape[2:], mode="trilinear", align_corners=False)
-            output = output + F.binary_cross_entropy_with_logits(s_low, t_soft)
-            logits = F.interpolate(s_low, size=(size,) * 3, mode="trilinear", align_corners=False)
-            truth = truth + self.mask_loss(logits, targets)
-            new_points, new_labels = error_clicks((logits > 0).float().detach(), targets, gen)
-            points, labels = torch.cat([points, new_points], 1), torch.cat([labels, new_labels], 1)
-            s_prev, t_prev = s_low.detach(), t_low
-        w = self.weights
-        loss = (w["feature"] * feature + (w["output"] * output + w["truth"] * truth) / self.clicks
-                + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad))
-        return loss, {"feature_loss": float(feature.detach()), "output_loss": float(output.detach()) / self.clicks,
-                      "dice_ce": float(truth.detach()) / self.clicks}

@@ -363,7 +363,8 @@ def preprocess_unlabelled(roots: Iterable[str | Path], cache: str | Path, spacin
     Held-out cases are left out."""
     import SimpleITK as sitk
 
-    from .data import Case, fingerprint, to_model_space
+    from ..datasets import Case
+    from .data import fingerprint, to_model_space
 
     held = set(holdout) | split_heldout()
     cases = []

@@ -62,6 +62,8 @@ def write_toy_dataset(root: str | Path, n_cases: int = 4, shape: tuple[int, int,
     """An nnU-Net v2 dataset of toy CT scans (``Dataset001_Toy``) for smoke runs and tests."""
     import SimpleITK as sitk
 
+    from ..io import sitk_array_from_ijk
+
     root = Path(root)
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def write_toy_dataset(root: str | Path, n_cases: int = 4, shape: tuple[int, int,
         image, label = toy_case(shape, rng)
         for array, path in ((image, root / "imagesTr" / f"toy_{n:03d}_0000.nii.gz"),
                             (label, root / "labelsTr" / f"toy_{n:03d}.nii.gz")):
-            img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+            img = sitk.GetImageFromArray(sitk_array_from_ijk(array))
             img.SetSpacing(spacing)
             img.SetOrigin((-80.0, -80.0, -70.0))
             sitk.WriteImage(img, str(path), useCompression=True)

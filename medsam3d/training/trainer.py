@@ -1,20 +1,21 @@
-"""The machinery every training command shares, and ``train`` / ``finetune`` (the interactive loop).
+"""The machinery every training command shares, and ``train`` / ``finetune`` (the interactive stage).
 
 ``Run`` owns: distributed setup, the output folder, preprocessing (rank 0, once, cached), data loaders whose
 order is a function of the step, the optimiser and its warmup-cosine schedule, atomic checkpoints holding model,
 optimiser, scheduler, RNG states and step (``--resume`` continues from ``checkpoints/last.pt``), and metrics
-(``metrics.csv``; TensorBoard too when installed), all logged by rank 0.
+(``metrics.csv``; TensorBoard too when installed), all logged by rank 0. The loop itself is ``loop.train_stage``.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -26,16 +27,18 @@ from ..errors import InputError
 from ..atomic import atomic_output
 from ..models import build_model, config_dict, half_state, read_state_dict
 from . import ddp
+from .config import ModelSpec, RunConfig
 from .data import packed_cases, preprocess, structures
 from .dataset import CropDataset, StepBatchSampler, size_repeats, synth_config
 from .interactive import InteractiveStep
+from .loop import Stage, simulated_clicks, train_stage
 from .pseudo import pseudo_source
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
 class Run:
-    def __init__(self, cfg: dict, out: str | Path, resume: bool, kind: str) -> None:
+    def __init__(self, cfg: RunConfig, out: str | Path, resume: bool, kind: str) -> None:
         self.cfg, self.kind = cfg, kind
         self.out = Path(out)
         self.rank, self.world, self.device = ddp.init_distributed()
@@ -48,11 +51,10 @@ class Run:
             raise InputError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         self.resume_state = torch.load(last, map_location="cpu", weights_only=False) if resume and last.exists() else None
         if self.main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump({"command": kind, **cfg}, sort_keys=False))
-        seed = int(cfg["seed"])
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+            (self.out / "config.yaml").write_text(yaml.safe_dump({"command": kind, **cfg.as_dict()}, sort_keys=False))
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
         self._tb = None
 
     # ------------------------------------------------------------------ logging
@@ -85,46 +87,48 @@ class Run:
 
     # ------------------------------------------------------------------ data
     def dataset(self, crop: int, fixed: bool = False) -> CropDataset:
-        data = self.cfg["data"]
-        if data["packed"]:
-            folder, records = packed_cases(data["packed"], data["holdout"])
-        elif not data["roots"]:
+        """Training crops of ``crop``^3; ``fixed``: the same crop of each structure every time, real images only
+        (distillation's feature matching, whose teacher features are cached per crop)."""
+        data = self.cfg.data
+        if data.packed:
+            folder, records = packed_cases(data.packed, data.holdout)
+        elif not data.roots:
             raise InputError("no data: set data.roots in the config (nnU-Net v2 or Decathlon dataset folders)")
         else:
-            cache = Path(data["cache"] or self.out / "cache")
+            cache = Path(data.cache or self.out / "cache")
             # rank 0 preprocesses into the cache; the others then read its index
             folder, records = ddp.on_main_then_all(
-                lambda: preprocess(data["roots"], cache, data["spacing"], data["holdout"], log=self.log))
-        targets = structures(records, folder, data["labels"], data["min_voxels"])
+                lambda: preprocess(data.roots, cache, data.spacing, data.holdout, log=self.log))
+        targets = structures(records, folder, data.labels, data.min_voxels)
         if not targets:
             raise InputError("no structure large enough to train on in the usable cases")
         self.log(f"{len(records)} case(s), {len(targets)} structure(s); cache {folder}")
-        synth = None if fixed else ddp.on_main_then_all(lambda: synth_config(data, records, folder, log=self.log))
-        pseudo = None if fixed else ddp.on_main_then_all(lambda: pseudo_source(data, records, folder, log=self.log))
-        return CropDataset(records, folder, targets, crop, int(self.cfg["seed"]), data["synthetic_fraction"],
-                           augment=not fixed, fixed=fixed, affine_prob=float(data["affine_prob"]),
-                           rotate_deg=float(data["rotate_deg"]), scale=float(data["scale"]),
-                           anatomy_fraction=0.0 if fixed else float(data["anatomy_fraction"]),
-                           procedural_fraction=0.0 if fixed else float(data["procedural_fraction"]), synth=synth,
-                           pseudo_fraction=0.0 if fixed else float(data["pseudo_fraction"]), pseudo=pseudo)
+        options = dataclasses.asdict(data)  # the synthetic and pseudo-mask sources read the section as a mapping
+        synth = None if fixed else ddp.on_main_then_all(lambda: synth_config(options, records, folder, log=self.log))
+        pseudo = None if fixed else ddp.on_main_then_all(lambda: pseudo_source(options, records, folder, log=self.log))
+        return CropDataset(records, folder, targets, crop, self.cfg.seed, data.synthetic_fraction,
+                           augment=not fixed, fixed=fixed, affine_prob=data.affine_prob, rotate_deg=data.rotate_deg,
+                           scale=data.scale, anatomy_fraction=0.0 if fixed else data.anatomy_fraction,
+                           procedural_fraction=0.0 if fixed else data.procedural_fraction, synth=synth,
+                           pseudo_fraction=0.0 if fixed else data.pseudo_fraction, pseudo=pseudo)
 
     def batches(self, dataset: CropDataset, start_micro: int) -> Iterator[dict]:
-        repeats = size_repeats(np.array([s.voxels for s in dataset.structures]),
-                               float(self.cfg["data"]["size_weighting"]))
+        """Micro-batches from number ``start_micro`` on: their order is a function of the micro-batch number."""
+        repeats = size_repeats(np.array([s.voxels for s in dataset.structures]), self.cfg.data.size_weighting)
         if repeats.sum() != len(repeats):
             self.log(f"size-aware sampling: {len(repeats)} structures, {int(repeats.sum())} samples an epoch")
-        sampler = StepBatchSampler(len(dataset), self.cfg["train"]["batch_size"], self.rank, self.world,
-                                   int(self.cfg["seed"]), start=start_micro, repeats=repeats)
-        workers = int(self.cfg["data"]["workers"])
+        sampler = StepBatchSampler(len(dataset), self.cfg.train.batch_size, self.rank, self.world,
+                                   self.cfg.seed, start=start_micro, repeats=repeats)
+        workers = self.cfg.data.workers
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                              persistent_workers=workers > 0)
         return iter(loader)
 
     # ------------------------------------------------------------------ optimisation
     def optimiser(self, params: list[nn.Parameter], steps: int, lr: Optional[float] = None):
-        t = self.cfg["train"]
-        opt = torch.optim.AdamW(params, lr=float(lr or t["lr"]), weight_decay=float(t["weight_decay"]))
-        warmup = max(int(t["warmup"]), 0)
+        t = self.cfg.train
+        opt = torch.optim.AdamW(params, lr=lr or t.lr, weight_decay=t.weight_decay)
+        warmup = max(t.warmup, 0)
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -142,8 +146,7 @@ class Run:
         return module
 
     def autocast(self):
-        amp = self.cfg["train"]["amp"]
-        if self.device.type == "cuda" and amp in ("auto", "bf16", True):
+        if self.device.type == "cuda" and self.cfg.train.amp in ("auto", "bf16", True):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -159,7 +162,7 @@ class Run:
         if not self.main:
             return
         state = {**state, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                  "python": random.getstate()}, "config": self.cfg, "command": self.kind}
+                                  "python": random.getstate()}, "config": self.cfg.as_dict(), "command": self.kind}
         with atomic_output(self.out / "checkpoints" / name) as tmp:
             torch.save(state, tmp)
 
@@ -204,19 +207,20 @@ class Run:
         return self.out / "model.pt"
 
 
-def build_from(spec: dict, device: torch.device, fresh: list[str] = ()):
-    """{"name", "config", "checkpoint"} -> model. Submodules named in ``fresh`` (``train.reinit``) may be missing
-    from the checkpoint, so a run can add a part (a new head) to trained weights; every other key must be there."""
-    config = spec.get("config") or {}
-    checkpoint = spec.get("checkpoint")
-    if checkpoint is None or not fresh:
-        return build_model(spec["name"], checkpoint=checkpoint, device=device, **config)
+def build_from(spec: Union[ModelSpec, dict], device: torch.device, fresh: list[str] = ()):
+    """A ``ModelSpec`` (or the same as a mapping) -> model. Submodules named in ``fresh`` (``train.reinit``) may
+    be missing from the checkpoint, so a run can add a part (a new head) to trained weights; every other key must
+    be there."""
+    spec = ModelSpec(**spec) if isinstance(spec, dict) else spec
+    if spec.checkpoint is None or not fresh:
+        return build_model(spec.name, checkpoint=spec.checkpoint, device=device, **spec.config)
     prefixes = tuple(f"{name}." for name in fresh)
-    state = {k: v for k, v in read_state_dict(checkpoint).items() if not k.startswith(prefixes)}
-    model = build_model(spec["name"], checkpoint=state, strict=False, device=device, **config)
+    state = {k: v for k, v in read_state_dict(spec.checkpoint).items() if not k.startswith(prefixes)}
+    model = build_model(spec.name, checkpoint=state, strict=False, device=device, **spec.config)
     expected = model.state_dict()
+    skipped = set(model.skipped_checkpoint_keys(state))  # parts this model does not build (build_model skips them)
     missing = [k for k in expected if k not in state and not k.startswith(prefixes)]
-    unexpected = [k for k in state if k not in expected]
+    unexpected = [k for k in state if k not in expected and k not in skipped]
     if missing or unexpected:  # strict, except for the fresh parts
         raise InputError(f"checkpoint does not fit {model.name}: {len(missing)} missing key(s) "
                          f"{', '.join(missing[:3])}; {len(unexpected)} unexpected key(s) {', '.join(unexpected[:3])}")
@@ -234,8 +238,7 @@ def _submodule(model: nn.Module, name: str, option: str) -> nn.Module:
 def reinitialise(model: nn.Module, names: list[str]) -> None:
     """Give the named submodules (dotted paths, e.g. ``mask_decoder.iou_prediction_head``) fresh weights.
 
-    For a part a run has broken beyond what gradients can repair: the IoU head of the multimask run ended with 3
-    of 128 ReLU units ever active and an input-independent output, so no loss could teach it to rank masks."""
+    For a part a run has broken beyond what gradients can repair (an IoU head whose ReLU units have all died)."""
     for name in names:
         module = _submodule(model, name, "train.reinit")
         resettable = [m for m in module.modules() if hasattr(m, "reset_parameters")]
@@ -249,8 +252,7 @@ def set_trainable(model: nn.Module, frozen: list[str], only: list[str] = ()) -> 
     """Freeze whole ``frozen`` parts; with ``only`` (dotted submodule names, ``train.only``), train those alone.
 
     ``only`` is for a part added to trained weights (``train.reinit``) that should learn without the rest of the
-    model moving: on 7 training cases every continuation of the whole model traded one set of structures for
-    another (docs/experiments/README.md, runs e, g and j)."""
+    model moving: on a few training cases, continuing the whole model trades one set of structures for another."""
     unknown = set(frozen) - set(PARTS)
     if unknown:
         raise InputError(f"train.freeze takes {', '.join(PARTS)}; got {', '.join(sorted(unknown))}")
@@ -263,86 +265,31 @@ def set_trainable(model: nn.Module, frozen: list[str], only: list[str] = ()) -> 
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    return int(np.random.default_rng([seed, step, micro, rank]).integers(2**31 - 1))
+def interactive_stage(run: Run, model: nn.Module, first: int, last: int, label: str = "",
+                      tag: Optional[int] = None) -> Stage:
+    """Steps ``first`` .. ``last`` of the interactive loop on ``model`` (train/finetune, and distillation's stage 2),
+    as ``train.*`` configures it."""
+    t = run.cfg.train
+    step = InteractiveStep(model, t.clicks, t.box_prob, t.loss_downsample, t.central_click_prob, t.iou_rank_weight,
+                           loss_clicks=t.loss_clicks, follow=t.follow)
+    return Stage(simulated_clicks, step, model, run.dataset(model.config.img_size), first, last, label=label,
+                 tag=tag, accum=max(t.grad_accum, 1), averaged=("rank_acc",), snapshot_every=t.snapshot_every,
+                 max_minutes=t.max_minutes)
 
 
-def interactive_loop(run: Run, model: nn.Module, start: int, steps: int, opt, sched, state_extra: dict,
-                     offset: int = 0) -> float:
-    """Steps ``start`` .. ``steps`` of the interactive loop (shared by train/finetune and distill stage 2)."""
-    t = run.cfg["train"]
-    accum = max(int(t["grad_accum"]), 1)
-    step_module = run.wrap(InteractiveStep(model, int(t["clicks"]), float(t["box_prob"]),
-                                           int(t["loss_downsample"]), float(t["central_click_prob"]),
-                                           float(t["iou_rank_weight"]), loss_clicks=t["loss_clicks"],
-                                           follow=str(t["follow"])))
-    dataset = run.dataset(model.config.img_size)
-    batches = run.batches(dataset, (start - offset) * accum)
-    loss_value = float("nan")
-    rank_hits = rank_count = 0.0  # first-click ranking accuracy, summed since the last log line
-    began, budget = time.monotonic(), float(t["max_minutes"]) * 60.0
-    for step in range(start, steps):
-        t0 = time.perf_counter()
-        losses, dices, ranked = [], [], []
-        for micro in range(accum):
-            batch = next(batches)
-            sync = step_module.no_sync() if (run.world > 1 and micro < accum - 1) else nullcontext()
-            with sync, run.autocast():
-                loss, info = step_module(batch["image"].to(run.device), batch["target"].to(run.device),
-                                         step_seed(int(run.cfg["seed"]), step, micro, run.rank))
-            (loss / accum).backward()
-            losses.append(float(loss.detach()))
-            dices.append(info["dice"])
-            ranked.append(info["rank_acc"])
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss_value = ddp.mean_across_ranks(float(np.mean(losses)), run.device)
-        dice = ddp.mean_across_ranks(float(np.mean(dices)), run.device)
-        # micro-batches without a multimask click (a box prompt) report nan: average the others, over all ranks
-        scored = np.isfinite(ranked)
-        rank_hits += ddp.mean_across_ranks(float(np.sum(np.asarray(ranked)[scored])), run.device)
-        rank_count += ddp.mean_across_ranks(float(scored.sum()), run.device)
-        if (step + 1) % int(t["log_every"]) == 0 or step == start:
-            rank_acc = rank_hits / rank_count if rank_count > 0 else float("nan")
-            rank_hits = rank_count = 0.0
-            values = {"loss": loss_value, "dice": dice, "lr": sched.get_last_lr()[0],
-                      "seconds": time.perf_counter() - t0}
-            if np.isfinite(rank_acc):
-                values["rank_acc"] = rank_acc
-            run.metrics(step + 1, values)
-            run.log(f"step {step + 1}/{steps} loss {loss_value:.4f} dice {dice:.3f}"
-                    + (f" rank_acc {rank_acc:.2f}" if np.isfinite(rank_acc) else ""))
-        if (step + 1) % int(t["checkpoint_every"]) == 0 or step + 1 == steps:
-            run.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "step": step + 1, "rank_digests": run.check_in_sync(model), **state_extra})
-        if t["snapshot_every"] and (step + 1) % int(t["snapshot_every"]) == 0:
-            run.snapshot(model, step + 1)
-        # every rank stops at the same step: the slowest one's clock decides
-        if budget and step + 1 < steps and ddp.mean_across_ranks(float(time.monotonic() - began > budget), run.device) > 0:
-            if (step + 1) % int(t["checkpoint_every"]) != 0 and step + 1 != steps:
-                run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "step": step + 1,
-                          "rank_digests": run.check_in_sync(model), **state_extra})
-            run.log(f"stopping at step {step + 1}: train.max_minutes ({t['max_minutes']}) has passed")
-            break
-    return loss_value
-
-
-def run_interactive(cfg: dict, out: str | Path, resume: bool = False, kind: str = "train") -> Path:
+def run_interactive(cfg: RunConfig, out: str | Path, resume: bool = False, kind: str = "train") -> Path:
     """``medsam3d train`` / ``finetune``: the SAM-style interactive loop on a cohort."""
-    if kind == "finetune" and not cfg["model"].get("checkpoint"):
+    if kind == "finetune" and not cfg.model.checkpoint:
         raise InputError("finetune needs model.checkpoint (the weights to start from); use train to start fresh")
     run = Run(cfg, out, resume, kind)
     try:
-        model = build_from(cfg["model"], run.device, list(cfg["train"]["reinit"]))
+        t = cfg.train
+        model = build_from(cfg.model, run.device, t.reinit)
         model.train()
-        reinitialise(model, list(cfg["train"]["reinit"]))  # before restore: a resumed run gets its own weights back
-        params = set_trainable(model, list(cfg["train"]["freeze"]), list(cfg["train"]["only"]))
-        steps = int(cfg["train"]["steps"])
-        opt, sched = run.optimiser(params, steps)
+        reinitialise(model, t.reinit)  # before restore: a resumed run gets its own weights back
+        opt, sched = run.optimiser(set_trainable(model, t.freeze, t.only), t.steps)
         start = run.restore(model, "model", opt, sched, kind) if run.resume_state else 0
-        interactive_loop(run, model, start, steps, opt, sched, {})
+        train_stage(run, interactive_stage(run, model, 0, t.steps), opt, sched, start)
         return run.finish(model)
     finally:
         ddp.cleanup()

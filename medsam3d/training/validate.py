@@ -27,8 +27,6 @@ def crop_protocol(model, image: np.ndarray, target: np.ndarray, clicks: list[int
     """image (S, S, S) normalised, target (S, S, S) bool -> {"k": Dice after k clicks} for k in ``clicks``."""
     size = image.shape[0]
     features = model.encode(torch.from_numpy(image)[None, None].to(device))
-    config = model.config
-    multimask = bool(getattr(config, "first_click_multimask", False) or getattr(config, "multimask_refine", False))
     points, labels, previous, out = [deepest_point(target)], [1], None, {}
     pred = np.zeros_like(target)
     for k in range(1, max(clicks) + 1):
@@ -42,7 +40,7 @@ def crop_protocol(model, image: np.ndarray, target: np.ndarray, clicks: list[int
         logits, iou = model.decode(
             features, points=torch.tensor(np.array(points), dtype=torch.float32, device=device)[None],
             labels=torch.tensor(labels, device=device)[None], mask_input=previous,
-            multimask_output=multimask, keep_best=True)  # (1, M, L, L, L), (1, M)
+            multimask_output=model.multimask_for(lone_click=k == 1), keep_best=True)  # (1, M, L, L, L), (1, M)
         best = int(iou[0].argmax())
         previous = logits[:, best:best + 1].float()
         pred = (F.interpolate(previous, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0] > 0)

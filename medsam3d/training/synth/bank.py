@@ -17,19 +17,17 @@ from typing import Iterable, Optional
 import numpy as np
 from scipy import ndimage
 
+from ...datasets import SPLIT_FILE, discover, heldout_cases
 from ...errors import InputError
 from ...atomic import atomic_output
 from .tissues import tissue_of
 
 BANK_VERSION = 2
-SPLIT_FILE = Path(__file__).resolve().parents[3] / "configs" / "data" / "public_split.json"
 
 
 def split_heldout(path: Path = SPLIT_FILE) -> set[str]:
     """Case ids held out by the project's fixed split (empty when the file is not there, e.g. an installed wheel)."""
-    if not Path(path).is_file():
-        return set()
-    return set(json.loads(Path(path).read_text()).get("heldout", []))
+    return heldout_cases(path) if Path(path).is_file() else set()
 
 
 def unpack_mask(bits: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, i: int) -> np.ndarray:
@@ -171,7 +169,7 @@ def bank_for(records: list[dict], folder: str | Path, heldout: Iterable[str] = (
 def bank_from_roots(roots: Iterable[str | Path], cache: str | Path, spacing: float = 1.5, log=print) -> ShapeBank:
     """The bank of nnU-Net / Decathlon dataset folders: preprocess them (cached, held-out cases of the split
     left out) and build or load the bank beside the cache (for scripts; training uses ``bank_for``)."""
-    from ..data import discover, preprocess
+    from ..data import preprocess
 
     roots = [Path(r) for r in roots]
     present = {c.case_id for r in roots for c in discover(r)}
