@@ -96,6 +96,7 @@ def main() -> int:
         names = [f"object{n}" for n in range(len(targets))]
         masks = {name: np.zeros(labels.shape, bool) for name in names}
         first, to_file, inline = [], [], []
+        per_object: dict[str, list[float]] = {name: [] for name in names}  # clicks after the first, any kind
         for k in range(args.clicks):
             n = k % len(names)
             name, target = names[n], targets[n]
@@ -123,6 +124,8 @@ def main() -> int:
                 masks[name] = ijk_from_sitk_array(sitk.GetArrayFromImage(sitk.ReadImage(str(out)))).astype(bool)
                 client("get_mask", session=session, object=name, inline=True)  # keep the changed box in step
             (first if k < len(names) else inline if use_inline else to_file).append(spent)
+            if k >= len(names):
+                per_object[name].append(spent)
         client.process.stdin.close()
         client.process.wait()
 
@@ -130,8 +133,8 @@ def main() -> int:
     after = inline + to_file
     print(f"scan {args.scan.name} {scan_image.GetSize()} at {tuple(round(s, 2) for s in scan_image.GetSpacing())}, "
           f"{args.threads} thread(s), {args.clicks} clicks over {len(names)} objects")
-    print(f"| step | median ms | p95 ms | n |")
-    print(f"|---|---|---|---|")
+    print("| step | median ms | p95 ms | n |")
+    print("|---|---|---|---|")
     print(f"| worker start to hello (torch import, model load) | {ready * 1000:.0f} | | 1 |")
     print(f"| load (read the scan) | {load * 1000:.0f} | | 1 |")
     print(f"| first click on an object (encodes its window) + inline mask | {statistics.median(first) * 1000:.0f} "
@@ -142,6 +145,9 @@ def main() -> int:
           f"| {len(to_file)} |")
     print(f"| every click after the first embedding | {statistics.median(after) * 1000:.0f} | {p95(after) * 1000:.0f} "
           f"| {len(after)} |")
+    for (name, times), value in zip(per_object.items(), values):
+        print(f"| every later click on {name} (label {value}) | {statistics.median(times) * 1000:.0f} | "
+              f"{p95(times) * 1000:.0f} | {len(times)} |")
     print(f"| baseline: SimpleITK read scan + write mask, this process | {io_median * 1000:.0f} | | 5 |")
     print("final Dice per object: " + ", ".join(f"{d:.3f}" for d in dice))
     return 0

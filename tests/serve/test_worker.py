@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +213,25 @@ def test_socket_mode_needs_the_token():
     finally:
         if port_file_worker.poll() is None:
             port_file_worker.kill()
+
+
+def test_box_and_mask_prompts(worker, tmp_path):
+    session = worker("load", path=str(SCAN))["session"]
+    assert worker("add_point", session=session, object="liver", point=[91, 52, 18])["ok"]
+    boxed = worker("add_box", session=session, object="liver", box=[60, 25, 0, 115, 85, 29])  # box + the click
+    assert boxed["ok"] and boxed["voxels"] > 1000, boxed
+    bad_box = worker("add_box", session=session, object="liver", box=[60, 25, 0, 60, 85, 29])
+    assert not bad_box["ok"] and "zero size" in bad_box["error"]
+    path = tmp_path / "liver.nii.gz"
+    assert worker("get_mask", session=session, object="liver", path=str(path))["ok"]
+    # the written mask goes back in as another object's answer, then a click refines it
+    restored = worker("set_mask", session=session, object="copy", path=str(path))
+    assert restored["voxels"] == boxed["voxels"]
+    assert worker("add_point", session=session, object="copy", point=[91, 52, 18])["ok"]
+    wrong = tmp_path / "wrong.nii.gz"
+    image = sitk.ReadImage(str(path))
+    image.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(wrong))
+    reply = worker("set_mask", session=session, object="copy", path=str(wrong))
+    assert not reply["ok"] and "not on the scan's grid" in reply["error"]
+    worker("close", session=session)
