@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .boxes import bounding_box
 from .errors import InputError
 from .io import Volume, nifti_header, read_sitk, zeros_ijk
 from .intensity import check_modality, guess_modality, normalise
@@ -456,8 +457,7 @@ def _interior_points(mask: np.ndarray, count: int) -> np.ndarray:
 
     if not mask.any():
         return np.zeros((0, 3))
-    hit = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    box = tuple(slice(max(int(h[0]) - 1, 0), int(h[-1]) + 2) for h in hit)
+    box = bounding_box(mask, margin=1)
     depth = np.zeros(mask.shape)
     depth[box] = ndimage.distance_transform_edt(mask[box])
     flat = np.argsort(depth.reshape(-1))[::-1][:count]

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .boxes import bounding_box
 from .errors import InputError
 from .io import Volume
 from .prompts import Frame, Prompts, to_ijk
@@ -85,7 +86,7 @@ class Session:
     # ------------------------------------------------------------------ prompts
     def add_point(self, name: str, xyz: Sequence[float], positive: bool = True, frame: Frame = "ijk") -> Change:
         ijk = to_ijk(self.volume, xyz, frame, "point" if positive else "negative point")
-        state = self._object(name).state
+        state = self.objects[name].state if name in self.objects else ObjectState()
         labels = state.labels + (1 if positive else 0,)
         if 1 not in labels and state.box is None and state.mask_prompt is None and state.mask is None:
             raise InputError("the first click on an object must be positive (or give a box or a mask first)")
@@ -210,13 +211,10 @@ def changed_box(old: Optional[np.ndarray], new: Optional[np.ndarray],
     diff = np.not_equal(a, b)
     if not diff.any():
         return None
+    box = bounding_box(np.broadcast_to(diff, np.broadcast_shapes(np.shape(a), np.shape(b))))
     offset = [r.start or 0 for r in region]
-    lo, hi = [], []
-    for axis in range(3):
-        hit = np.flatnonzero(diff.any(axis=tuple(x for x in range(3) if x != axis)))
-        lo.append(int(hit[0]) + offset[axis])
-        hi.append(int(hit[-1]) + offset[axis])
-    return tuple(lo), tuple(hi)
+    return (tuple(int(s.start + o) for s, o in zip(box, offset)),
+            tuple(int(s.stop - 1 + o) for s, o in zip(box, offset)))
 
 
 def bounding(a: Optional[Region], b: Optional[Region]) -> Optional[Region]:

@@ -18,7 +18,8 @@ from ..datasets import discover, label_names
 from ..errors import InputError
 from ..io import atomic_output, read_volume, write_text_atomic
 from .methods import Method
-from .metrics import bounding_box, dice, nsd
+from ..boxes import bounding_box
+from .metrics import dice, nsd
 from .protocol import BASELINES, PROTOCOL, deepest_point, next_click, targets_from_labels
 
 

@@ -10,6 +10,8 @@ from monai.metrics import compute_surface_dice
 from monai.metrics.utils import get_mask_edges
 from scipy.spatial import KDTree
 
+from ..boxes import bounding_box
+
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:
     """2|P n T| / (|P| + |T|); 1.0 when both are empty."""
@@ -59,16 +61,3 @@ def monai_nsd(pred: np.ndarray, target: np.ndarray, spacing, tolerance_mm: float
                                      spacing=[float(s) for s in spacing])
     return float(value.reshape(-1)[0])
 
-
-def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, slice, slice]:
-    """Slices of ``mask``'s bounding box grown by ``margin`` voxels (one number or one per axis), clipped to the
-    array; the whole array when ``mask`` is empty. Projections, not ``argwhere``: one pass, no index list."""
-    margin = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
-    out = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if not len(hit):
-            return tuple(slice(0, n) for n in mask.shape)
-        out.append(slice(max(int(hit[0]) - int(margin[axis]), 0), min(int(hit[-1]) + 1 + int(margin[axis]),
-                                                                        mask.shape[axis])))
-    return tuple(out)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .metrics import bounding_box
+from ..boxes import bounding_box
 
 PROTOCOL = {
     "targets": "each label value's largest connected component, if >= min_size_ml",

@@ -7,6 +7,7 @@ worker's log. Lines longer than ``MAX_LINE`` are skipped to their end and answer
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import socket
 import sys
@@ -69,8 +70,6 @@ def serve_socket(worker: Worker, host: str, port: int, token: str, ready=None) -
     """Answer requests from one TCP connection at a time; every request must carry ``"token": TOKEN``.
 
     ``ready(port)`` is called once listening (port 0 picks a free one)."""
-    import json
-
     with socket.create_server((host, port)) as server:
         if ready:
             ready(server.getsockname()[1])
@@ -78,7 +77,7 @@ def serve_socket(worker: Worker, host: str, port: int, token: str, ready=None) -
             connection, _ = server.accept()
             with connection, connection.makefile("rwb") as stream, redirect_stdout(sys.stderr):
                 for line in read_lines(stream):
-                    reply = _check_token(line, token, json)
+                    reply = _check_token(line, token)
                     if reply is None:
                         reply = answer(worker, line)
                     stream.write(encode_line(reply))
@@ -89,7 +88,7 @@ def serve_socket(worker: Worker, host: str, port: int, token: str, ready=None) -
     return 0
 
 
-def _check_token(line: bytes | None, token: str, json) -> dict | None:
+def _check_token(line: bytes | None, token: str) -> dict | None:
     """None when the request carries the right token; else the refusal."""
     if line is None:
         return error(None, "request line too long; refused")
