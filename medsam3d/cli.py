@@ -56,6 +56,8 @@ _MODEL = typer.Option("default", "--model", help="model name, stored name or YAM
 _CHECKPOINT = typer.Option(None, "--checkpoint", help="weights for --model")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps")
 _THREADS = typer.Option(None, "--threads", help="CPU threads")
+_BACKEND = typer.Option("torch", "--backend", help="torch, or onnxruntime: the CPU path without torch (the packaged "
+                                                   "default, or --model an exported ONNX bundle; medsam3d[onnx])")
 
 
 @app.command(help="Segment the structure under the prompts; write a mask with the input's exact geometry."
@@ -79,6 +81,7 @@ def segment(
     checkpoint: Optional[Path] = _CHECKPOINT,
     device: str = _DEVICE,
     threads: Optional[int] = _THREADS,
+    backend: str = _BACKEND,
     max_windows: int = typer.Option(8, "--max-windows", min=1,
                                     help="most 128^3 windows an object may grow into"),
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="also write a float probability map"),
@@ -105,7 +108,7 @@ def segment(
         check_job(jobs[0])  # everything that can be checked before the work is checked before the work
     if not mine:  # under torchrun, more ranks than jobs: this one has nothing to do
         return
-    segmenter = _segmenter(model, checkpoint, device, threads, max_windows, spinner=not quiet)
+    segmenter = _segmenter(model, checkpoint, device, threads, max_windows, backend, spinner=not quiet)
     runs, failed = _run_jobs(segmenter, mine, batched=batch is not None, say=say)
     if report:
         _write_report(report, segmenter, model, checkpoint, rank, world, runs, failed, started)
@@ -134,13 +137,13 @@ def _jobs_from_options(batch, frame, input, output, point, negative, box, mask, 
 
 
 def _segmenter(model: str, checkpoint: Optional[Path], device: str, threads: Optional[int], max_windows: int,
-               spinner: bool):
+               backend: str, spinner: bool):
     from .segmenter import Segmenter
 
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads,
-                          max_windows=max_windows)
+    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device, backend), threads=threads,
+                          max_windows=max_windows, backend=backend)
     if spinner:  # a spinner on the terminal for the slow steps (nothing when stderr is not a terminal)
         segmenter.on_step = lambda name: err.status(name, spinner="dots")
     return segmenter
@@ -229,6 +232,7 @@ def evaluate(
     no_model: bool = typer.Option(False, "--no-model", help="the baselines alone (--model is not loaded)"),
     device: str = _DEVICE,
     threads: Optional[int] = _THREADS,
+    backend: str = _BACKEND,
 ) -> None:
     import warnings
 
@@ -244,7 +248,8 @@ def evaluate(
     counts = [int(c) for c in parse_numbers(clicks, len(clicks.split(",")), "--clicks")]
     for path in (out, plot) if plot is not None else (out,):
         check_writable(path.with_suffix(".nii.gz"))  # folder exists and is writable, before any work
-    methods, extra = _evaluation_methods(None if no_model else model, checkpoint, device, threads, baselines)
+    methods, extra = _evaluation_methods(None if no_model else model, checkpoint, device, threads, baselines,
+                                         backend)
     with warnings.catch_warnings(), LiveProgress(err) as progress:
         if not _state["debug"]:  # libraries' warnings (scikit-image's "probability range", ...) only with --debug
             warnings.simplefilter("ignore")
@@ -259,7 +264,7 @@ def evaluate(
 
 
 def _evaluation_methods(model: Optional[str], checkpoint: Optional[Path], device: str, threads: Optional[int],
-                        baselines: bool) -> tuple[dict, dict]:
+                        baselines: bool, backend: str = "torch") -> tuple[dict, dict]:
     """-> ({name: method}, keys added to the results): the model first (unless ``model`` is None), then the
     baselines."""
     from .evaluation.methods import ModelMethod, RandomWalker, RegionGrowing
@@ -268,10 +273,12 @@ def _evaluation_methods(model: Optional[str], checkpoint: Optional[Path], device
     if model is not None:
         from .segmenter import Segmenter
 
-        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device), threads=threads)
+        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device, backend), threads=threads,
+                              backend=backend)
         name = getattr(segmenter.model, "name", model)
         methods[name] = ModelMethod(segmenter, name)
         extra["checkpoint_sha256"] = segmenter.weights_sha256
+        extra["backend"] = backend
     if baselines:
         methods.update({"region_growing": RegionGrowing(), "random_walker": RandomWalker()})
     return methods, extra
@@ -300,6 +307,7 @@ def serve(
     checkpoint: Optional[Path] = _CHECKPOINT,
     device: str = _DEVICE,
     threads: Optional[int] = _THREADS,
+    backend: str = _BACKEND,
 ) -> None:
     from .serve.transport import parse_address, serve_socket, serve_stdio, token_from_env_or
     from .serve.worker import Worker
@@ -316,7 +324,8 @@ def serve(
             raise InputError(str(exc)) from None
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    worker = Worker.for_model(model, str(checkpoint) if checkpoint else None, _device(device), threads)
+    worker = Worker.for_model(model, str(checkpoint) if checkpoint else None, _device(device, backend), threads,
+                              backend)
     if stdio:
         raise typer.Exit(serve_stdio(worker))
 
@@ -408,6 +417,36 @@ def models_pull(
     typer.echo(f"pulled {name} ({entry['model']}), sha256 {entry['sha256']}")
 
 
+export_app = typer.Typer(no_args_is_help=True, help="Export a model for other runtimes.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx", help="Write an ONNX bundle (encoder.onnx, decoder.onnx, model.json) for the onnxruntime "
+                                 "backend; its graphs are checked against PyTorch before the folder is written.")
+def export_onnx_command(
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
+    output: Path = typer.Option(..., "-o", "--output", help="bundle folder (replaced if it holds a bundle)"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: 8-bit weights (smaller, a little faster "
+                                           "on CPU; logits move by up to a few tenths)"),
+    tolerance: float = typer.Option(1e-3, "--tolerance", help="largest difference from PyTorch's outputs allowed "
+                                    "(fp32 graphs)"),
+) -> None:
+    if quantize not in (None, "int8"):
+        raise InputError(f"unknown --quantize {quantize!r}; the one there is: int8")
+    from .backends.torch_backend import load_model
+    from .export import export_onnx
+
+    built, sha = load_model(model, checkpoint, "cpu")
+    meta = export_onnx(built, output, quantize=quantize, tolerance=tolerance, weights_sha256=sha)
+    check = meta["check"]
+    typer.echo(f"wrote {output} ({meta['model']}, {meta['quantize'] or 'fp32'}); max abs difference from PyTorch: "
+               f"embedding {check['embedding_max_abs_diff']:.2e}, logits {check['logits_max_abs_diff']:.2e}, "
+               f"IoU {check['iou_max_abs_diff']:.2e}; lowest mask Dice {check['mask_dice_min']:.4f}")
+    if meta["min_tokens"]:
+        typer.echo("note: this bundle needs a click or a box with a mask prompt (a mask alone did not export)")
+
+
 def _yaml_mapping(path: Path) -> dict:
     import yaml
 
@@ -438,7 +477,9 @@ def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dic
     }]
 
 
-def _device(name: str) -> str:
+def _device(name: str, backend: str = "torch") -> str:
+    if backend == "onnxruntime":  # CPU only; decided without importing torch
+        return "cpu" if name == "auto" else name
     import torch
 
     if name == "auto":

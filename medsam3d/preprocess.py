@@ -115,3 +115,26 @@ def mask_to_window(mask: np.ndarray, volume: Volume, window: Window) -> np.ndarr
     image = sitk.GetImageFromArray(sitk_array_from_ijk(mask.astype(np.float32)))
     volume.copy_geometry_to(image)
     return crop_window(image, window, 0.0)
+
+
+def upsample_logits(low_res: np.ndarray, size: int) -> np.ndarray:
+    """(L, L, L) logits -> (size, size, size) float32 by trilinear interpolation with half-pixel centres (PyTorch's
+    ``interpolate(..., mode="trilinear", align_corners=False)``, to float rounding), one axis at a time."""
+    out = np.asarray(low_res, dtype=np.float32)
+    for axis in range(3):
+        n = out.shape[axis]
+        source = np.maximum((np.arange(size, dtype=np.float32) + 0.5) * np.float32(n / size) - 0.5, 0)
+        lower = np.floor(source).astype(np.intp)
+        upper = np.minimum(lower + 1, n - 1)
+        weight = (source - lower).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        below = out.take(lower, axis=axis)
+        out = below + (out.take(upper, axis=axis) - below) * weight
+    return out
+
+
+def block_mean(array: np.ndarray, side: int) -> np.ndarray:
+    """(S, S, S) map -> (side, side, side) float32, each voxel the mean of its (S / side)^3 block (PyTorch's
+    ``adaptive_avg_pool3d`` when side divides S): a window-space mask or prior as the model's low-res prompt."""
+    f = array.shape[0] // side
+    blocks = np.asarray(array, dtype=np.float32).reshape(side, f, side, f, side, f)
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32)

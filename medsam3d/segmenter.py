@@ -18,17 +18,17 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from .backends import Backend, open_backend
 from .boxes import bounding_box
 from .errors import InputError
 from .io import Volume, nifti_header, read_sitk, zeros_ijk
 from .intensity import check_modality, guess_modality, normalise
-from .preprocess import INSIDE_LOGIT, OUTSIDE_LOGIT, Window, crop_window, mask_to_window, paste_back
+from .preprocess import (INSIDE_LOGIT, OUTSIDE_LOGIT, Window, block_mean, crop_window, mask_to_window, paste_back,
+                         upsample_logits)
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
@@ -36,21 +36,6 @@ GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
 # keep every encoding it ever made (medsam3d-tiny: 128 x 8^3 + 64 x 16^3 + 32 x 32^3 floats, 5.5 MB each)
 MAX_CACHED_WINDOWS = 16
 WINDOW_MARGIN = 16  # window voxels a prompt must keep from the border for a cached window to be reused for it
-
-
-class PromptableModel(Protocol):
-    """What the Segmenter needs of a model (``PromptableModel3D`` or a stand-in in tests)."""
-
-    config: Any  # .img_size: the side S of the model's crop
-
-    def encode(self, image: torch.Tensor) -> Any: ...  # ImageFeatures (cached per window, passed back as is)
-
-    # -> (B, M, L, L, L) logits and (B, M) scores. ``keep_best=True`` allows the model to return only its
-    # best-scored mask (M = 1), which is cheaper; the Segmenter picks the highest score either way.
-    def decode(self, features: Any, **prompts) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    # decode policy: ask for the multimask outputs for this prompt set? (``lone_click``: one positive click alone)
-    def multimask_for(self, lone_click: bool) -> bool: ...
 
 
 @dataclass
@@ -68,50 +53,25 @@ class Result:
         return float(self.mask.array.sum() * np.prod(self.mask.spacing) / 1000.0)
 
 
-def load_model(model: str | PromptableModel, checkpoint: Optional[str | Path], device: str,
-               allow_random_weights: bool = False) -> tuple[PromptableModel, Optional[str]]:
-    """Name / store name / YAML + checkpoint -> (model on ``device``, sha256 of its weights when known).
-
-    Refuses a model with random weights unless ``allow_random_weights`` (plumbing tests only)."""
-    if not isinstance(model, str):
-        return model, None
-    from . import store
-    from .models import build_model
-
-    decoder, config, sha = None, {}, None
-    stored = None
-    if model == "default":
-        stored = store.default_model()
-    elif checkpoint is None:
-        stored = store.resolve(model)
-    if stored is not None:
-        model, checkpoint, decoder, config, sha = (stored.model, stored.checkpoint, stored.decoder_checkpoint,
-                                                    stored.config, stored.sha256)
-    built = build_model(model, checkpoint=checkpoint, decoder_checkpoint=decoder, device=device, **config)
-    if not built.is_trained and not allow_random_weights:
-        missing = ", ".join(p for p, s in built.weight_sources.items() if s == "random")
-        raise InputError(f"model {built.name} has no trained weights for its {missing}; pass --checkpoint PATH "
-                         "or a stored model name (a random-weight model would not be a segmentation)")
-    if sha is None and checkpoint is not None and Path(checkpoint).is_file():
-        sha = store.sha256_of(Path(checkpoint))
-    return built, sha
-
-
 class Segmenter:
-    def __init__(self, model: str | PromptableModel = "default", checkpoint: Optional[str | Path] = None,
+    def __init__(self, model: Any = "default", checkpoint: Optional[str | Path] = None,
                  device: str = "cpu", threads: Optional[int] = None, max_windows: int = 8,
-                 allow_random_weights: bool = False) -> None:
+                 allow_random_weights: bool = False, backend: str = "torch") -> None:
+        """``model``: "default", a stored name, a registry name with ``checkpoint``, an ONNX bundle directory
+        (``backend="onnxruntime"``), or a loaded model / backend object (shared between Segmenters)."""
         self.threads = int(threads) if threads else None  # applied around this Segmenter's own work only
-        self.device = torch.device(device)
-        self.model, self.weights_sha256 = load_model(model, checkpoint, str(self.device), allow_random_weights)
-        self.size = int(self.model.config.img_size)
+        self.device = device
+        self.model: Backend
+        self.model, self.weights_sha256 = open_backend(backend, model, checkpoint, device, self.threads,
+                                                       allow_random_weights)
+        self.size = int(self.model.img_size)
         self.max_windows = max_windows
         self.volume: Optional[Volume] = None
         self._source = None  # SimpleITK image of the volume, for resampling
         self._fill = 0.0
         self.modality = "mr"  # intensity handling of the current volume (intensity.normalise)
         self._embeddings: dict[tuple, Any] = {}  # window centre -> encode's output
-        self._last_logits: dict[tuple, torch.Tensor] = {}  # the last prediction's low-res logits per window
+        self._last_logits: dict[tuple, np.ndarray] = {}  # the last prediction's low-res logits (L, L, L) per window
         # called with a step's name around steps that can take seconds; returns a context manager (CLI: spinner)
         self.on_step: Callable[[str], ContextManager] = lambda name: nullcontext()
 
@@ -172,20 +132,20 @@ class Segmenter:
 
     @contextmanager
     def _own_threads(self):
-        """This Segmenter's thread count for torch and SimpleITK while it works, the process's before and after."""
+        """This Segmenter's thread count for its backend and SimpleITK while it works, the process's before and
+        after."""
         if not self.threads:
             yield
             return
         import SimpleITK as sitk
 
-        before = (torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
-        torch.set_num_threads(self.threads)
+        before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(self.threads)
         try:
-            yield
+            with self.model.using_threads(self.threads):
+                yield
         finally:
-            torch.set_num_threads(before[0])
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
     def _predict_prompts(self, prompts: Prompts, probabilities: bool, refine: bool) -> Result:
         volume = self.volume
@@ -199,7 +159,7 @@ class Segmenter:
         pieces: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
         windows, ious = [], []
         # (window, prior mask so far for a grown window, previous logits for a planned one)
-        queue: list[tuple[Window, Optional[np.ndarray], Optional[torch.Tensor]]] = [
+        queue: list[tuple[Window, Optional[np.ndarray], Optional[np.ndarray]]] = [
             (w, None, prev) for w, prev in zip(planned, previous)]
         while queue and len(windows) < max(self.max_windows, len(planned)):
             window, prior, prev = queue.pop(0)
@@ -273,9 +233,9 @@ class Segmenter:
         snapped = np.round(center / spacing) * spacing
         return Window(tuple(float(c) for c in snapped), self.size, spacing)
 
-    def _carried_over(self, window: Window) -> Optional[torch.Tensor]:
-        """The last prediction's logits, from every window it used, seen from ``window`` -> (1, 1, L, L, L)
-        low-res logits (L: the model's output grid), or None when none of it falls inside.
+    def _carried_over(self, window: Window) -> Optional[np.ndarray]:
+        """The last prediction's logits, from every window it used, seen from ``window`` -> (L, L, L) low-res
+        logits (L: the model's output grid), or None when none of it falls inside.
 
         A refinement whose clicks no longer fit the last window gets a new one; decoded there without a mask
         prompt, the model loses the object it had. Every window sits on the same 1.5 mm lattice, so the shift
@@ -286,25 +246,19 @@ class Segmenter:
             offset = np.rint(Window(center, size, window.spacing).lps_to_voxel(window.origin_lps)).astype(int)
             if (np.abs(offset) >= size).any():
                 continue
-            full = F.interpolate(low_res.float(), size=(size,) * 3, mode="trilinear", align_corners=False)
-            np.maximum(carried, _shift(full[0, 0].cpu().numpy(), offset, fill=OUTSIDE_LOGIT), out=carried)
+            full = upsample_logits(low_res, size)
+            np.maximum(carried, _shift(full, offset, fill=OUTSIDE_LOGIT), out=carried)
         if not (carried > 0).any():
             return None
-        return _to_low_res(torch.from_numpy(carried), self._low_res_shape).to(self.device)
-
-    @property
-    def _low_res_shape(self) -> tuple[int, int, int]:
-        """The grid of the model's logits and mask prompts: S/4 (SAM's), or S/2 for a model with a finer output."""
-        return (int(getattr(self.model, "low_res_size", self.size // 4)),) * 3
+        return block_mean(carried, self.model.low_res_size)
 
     def _embedding(self, window: Window, timings: dict) -> Any:
         key = window.center_lps
         if key not in self._embeddings:
             t0 = time.perf_counter()
             crop = normalise(crop_window(self._source, window, self._fill), self.modality)
-            image = torch.from_numpy(crop)[None, None].to(self.device)
-            with torch.inference_mode(), self.on_step("encoding the window"):
-                self._embeddings[key] = self.model.encode(image)
+            with self.on_step("encoding the window"):
+                self._embeddings[key] = self.model.encode(crop)
             while len(self._embeddings) > MAX_CACHED_WINDOWS:  # drop the oldest that no refinement needs
                 stale = next((k for k in self._embeddings if k != key and k not in self._last_logits), None)
                 if stale is None:
@@ -314,45 +268,36 @@ class Segmenter:
         return self._embeddings[key]
 
     def _predict_window(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
-                        previous: Optional[torch.Tensor], timings: dict) -> tuple[np.ndarray, float]:
+                        previous: Optional[np.ndarray], timings: dict) -> tuple[np.ndarray, float]:
         """Decode one window -> logits (size^3, model space) and the predicted IoU."""
         features = self._embedding(window, timings)
         t0 = time.perf_counter()
-        decode_prompts, multimask = self._decode_inputs(window, prompts, prior, previous)
-        with torch.inference_mode():
-            low_res, iou = self.model.decode(features, multimask_output=multimask, keep_best=True,
-                                             **decode_prompts)  # (1, M, L, L, L), (1, M); M = 1 for PromptableModel3D
-        best = int(iou[0].argmax())
-        low_res, score = low_res[:, best:best + 1], float(iou[0, best])
+        inputs, multimask = self._decode_inputs(window, prompts, prior, previous)
+        low_res, score = self.model.decode(features, multimask=multimask, **inputs)  # (L, L, L), float
         self._last_logits[window.center_lps] = low_res
-        logits = F.interpolate(low_res.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
+        logits = upsample_logits(low_res, self.size)
         timings["decode"] += time.perf_counter() - t0
-        return logits[0, 0].cpu().numpy(), score
+        return logits, score
 
     def _decode_inputs(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
-                       previous: Optional[torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-        """What ``window`` is decoded with: ``decode``'s prompt arguments, and whether to ask for the multimask
-        outputs.
+                       previous: Optional[np.ndarray]) -> tuple[dict[str, Optional[np.ndarray]], bool]:
+        """What ``window`` is decoded with: the backend's prompt arguments (points, labels, box, mask_input), and
+        whether to ask for the multimask outputs.
 
         ``prior``: for a window grown from another, the mask so far as (S, S, S) logits in this window: it adds seed
         clicks and is the mask prompt, and the box is left out. ``previous``: for a refinement, the last
-        prediction's (1, 1, L, L, L) logits here, the mask prompt unless there is a prior or a mask prompt."""
-        decode_prompts: dict[str, torch.Tensor] = {}
+        prediction's (L, L, L) logits here, the mask prompt unless there is a prior or a mask prompt."""
         points, labels = self._points_in_window(window, prompts, prior)
-        if len(points):
-            decode_prompts["points"] = torch.tensor(points, dtype=torch.float32, device=self.device)[None]  # (1, N, 3)
-            decode_prompts["labels"] = torch.tensor(labels, dtype=torch.long, device=self.device)[None]  # (1, N)
-        if prompts.box is not None and prior is None:
-            decode_prompts["boxes"] = self._box_in_window(window, prompts.box)
-        mask_input = self._mask_prompt(window, prompts, prior, previous)
-        if mask_input is not None:
-            decode_prompts["mask_input"] = mask_input
-        if not decode_prompts:
+        inputs = {"points": points if len(points) else None, "labels": labels if len(points) else None,
+                  "box": self._box_in_window(window, prompts.box) if prompts.box is not None and prior is None
+                  else None,
+                  "mask_input": self._mask_prompt(window, prompts, prior, previous)}
+        if all(value is None for value in inputs.values()):
             raise InputError("no prompt falls inside the model window; put the prompts closer together")
         # one positive click and nothing else is ambiguous (a vertebra or the spine?); the model says what it does
-        lone_click = (set(decode_prompts) == {"points", "labels"} and len(prompts.points) == 1
-                      and bool(prompts.labels[0] == 1))
-        return decode_prompts, self.model.multimask_for(lone_click)
+        lone_click = (inputs["box"] is None and inputs["mask_input"] is None and len(points) == 1
+                      and len(prompts.points) == 1 and bool(prompts.labels[0] == 1))
+        return inputs, self.model.multimask_for(lone_click)
 
     def _points_in_window(self, window: Window, prompts: Prompts,
                           prior: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -368,23 +313,22 @@ class Segmenter:
             labels = np.concatenate([labels, np.ones(len(seeds), dtype=np.int64)])
         return pts, labels
 
-    def _box_in_window(self, window: Window, box: np.ndarray) -> torch.Tensor:
-        """A (2, 3) ijk box -> (1, 6) window corners (a0, b0, c0, a1, b1, c1): the box of its 8 corners in window
+    def _box_in_window(self, window: Window, box: np.ndarray) -> np.ndarray:
+        """A (2, 3) ijk box -> (6,) window corners (a0, b0, c0, a1, b1, c1): the box of its 8 corners in window
         voxels (the axes need not line up), clipped to the window."""
         corners = np.array([[box[a][0], box[b][1], box[c][2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
         inside = np.clip(window.lps_to_voxel(self.volume.ijk_to_lps(corners)), 0, self.size - 1)  # (8, 3)
-        return torch.tensor(np.concatenate([inside.min(0), inside.max(0)]), dtype=torch.float32,
-                            device=self.device)[None]
+        return np.concatenate([inside.min(0), inside.max(0)]).astype(np.float32)
 
     def _mask_prompt(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
-                     previous: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """-> (1, 1, L, L, L) mask-prompt logits, first of: a grown window's mask so far, the user's mask (fraction
+                     previous: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """-> (L, L, L) mask-prompt logits, first of: a grown window's mask so far, the user's mask (fraction
         covered 0..1 -> logits -10..10), a refinement's previous logits; None without any."""
         if prior is not None:
-            return _to_low_res(torch.from_numpy(prior), self._low_res_shape).to(self.device)
+            return block_mean(prior, self.model.low_res_size)
         if prompts.mask is not None:
-            fraction = torch.from_numpy(mask_to_window(prompts.mask, self.volume, window))
-            return _to_low_res((fraction - 0.5) * INSIDE_LOGIT, self._low_res_shape).to(self.device)
+            fraction = mask_to_window(prompts.mask, self.volume, window)
+            return block_mean((fraction - 0.5) * INSIDE_LOGIT, self.model.low_res_size)
         return previous
 
     def _growth(self, window: Window, logits: np.ndarray) -> list[tuple[Window, np.ndarray]]:
@@ -429,11 +373,6 @@ class Segmenter:
                 np.maximum(prob[box], 1.0 / (1.0 + np.exp(-logits)), out=prob[box])
         return Result(volume.with_array(mask), volume.with_array(prob) if prob is not None else None, windows,
                       ious, timings, dict(self._last_logits))
-
-
-def _to_low_res(logits: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """(S, S, S) map -> (1, 1, *shape) by averaging."""
-    return F.adaptive_avg_pool3d(logits.float()[None, None], shape)
 
 
 def _shift(array: np.ndarray, offset: np.ndarray, fill: float) -> np.ndarray:

@@ -280,25 +280,25 @@ def test_segmenter_refines_and_carries_s2_logits_across_windows():
     seg.set_volume(volume, modality="mr")
     first = seg.predict(points=[[30, 32, 32]], labels=[1])
     assert first.mask.array.shape == volume.shape
-    assert all(t.shape == (1, 1, 32, 32, 32) for t in first.low_res.values())
+    assert all(t.shape == (32, 32, 32) for t in first.low_res.values())
     # a second click far along axis 0 no longer fits the first window: the refinement moves, carrying the answer
     moved = seg.predict(points=[[30, 32, 32], [100, 32, 32]], labels=[1, 1], refine=True)
     assert moved.mask.array.shape == volume.shape
-    assert all(t.shape == (1, 1, 32, 32, 32) for t in moved.low_res.values())
+    assert all(t.shape == (32, 32, 32) for t in moved.low_res.values())
     # the carry shifts S/2 logits: a known blob, seen from a window 16 voxels (8 low-res voxels) along axis 0
     from medsam3d.preprocess import Window
 
     old = Window(next(iter(moved.low_res)), seg.size)
-    blob = torch.full((1, 1, 32, 32, 32), -20.0)
-    blob[..., 10:20, 12:20, 12:20] = 20.0
+    blob = np.full((32, 32, 32), -20.0, dtype=np.float32)
+    blob[10:20, 12:20, 12:20] = 20.0
     seg._last_logits = {old.center_lps: blob}
     new = Window(tuple(old.voxel_to_lps(np.full(3, (seg.size - 1) / 2) + [16, 0, 0])), seg.size)
     carried = seg._carried_over(new)
-    assert carried.shape == (1, 1, 32, 32, 32)
-    assert (carried[0, 0, 3:11, 13:19, 13:19] > 0).all()
-    inside = torch.zeros(32, 32, 32, dtype=torch.bool)
+    assert carried.shape == (32, 32, 32)
+    assert (carried[3:11, 13:19, 13:19] > 0).all()
+    inside = np.zeros((32, 32, 32), dtype=bool)
     inside[1:13, 11:21, 11:21] = True
-    assert (carried[0, 0][~inside] < 0).all()
+    assert (carried[~inside] < 0).all()
 
 
 def test_grown_window_seeds_are_the_whole_arrays_deepest_voxels():

@@ -263,7 +263,8 @@ def status_line(dice: dict[str, float], goal: dict[str, float]) -> str:
 
 def write_default(candidate: Candidate, results_by_suite: dict[str, dict], summary_: dict, weights_dir: Path,
                   docs_dir: Path, goal: dict[str, float], promoted: str) -> dict:
-    """Install the candidate as the packaged default: results and plots, weights, architecture, card, record.
+    """Install the candidate as the packaged default: results and plots, weights, their ONNX bundle, architecture,
+    card, record.
 
     Each file is written atomically; default.json, which names the weights' sha256, is written last."""
     import os
@@ -283,6 +284,13 @@ def write_default(candidate: Candidate, results_by_suite: dict[str, dict], summa
     plot({"model": model_name, "dataset": "held-out split, every gate suite", "n_structures":
           summary_["n_structures"], "protocol": {"clicks": summary_["clicks"]}, "mean_dice": summary_["dice"],
           "baselines": {b: {"mean_dice": v} for b, v in summary_["baselines"].items()}}, docs_dir / "all.png")
+    # the CPU path's ONNX bundle (backends/onnx_backend.py) is exported from the same weights, checked against them
+    from ..export import export_onnx
+    from ..models import build_model
+
+    built = build_model(model_name, checkpoint=str(candidate.weights),
+                        **{k: v for k, v in candidate.spec.items() if k != "model"})
+    export_onnx(built, weights_dir / "default_onnx", weights_sha256=sha256_of(candidate.weights))
     target = weights_dir / "default.pt"
     os.replace(candidate.weights, target)
     defaults = config_dict(make_config(model_name, {}))

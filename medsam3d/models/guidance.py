@@ -17,16 +17,19 @@ GUIDANCE_CHANNELS = 5  # what decoder_guidance returns: guidance_maps (3) + simi
 
 def decoder_guidance(
     features: torch.Tensor,  # (B | 1, C, L, L, L) the stem's S/4 skip
-    points: Optional[torch.Tensor],  # (B, N, 3) crop voxel coordinates
-    labels: Optional[torch.Tensor],  # (B, N)
+    points: Optional[torch.Tensor],  # (B, N, 3) crop voxel coordinates (prompt tokens: only clicks count)
+    labels: Optional[torch.Tensor],  # (B, N): 1 positive and 0 negative clicks; other values (box corners,
+    # padding: prompt_encoder.prompt_tokens) are ignored
     mask_input: Optional[torch.Tensor],  # (B, 1, L, L, L) previous logits
     batch: int,
     crop_size: int,
+    has_mask: Optional[torch.Tensor] = None,  # (B,): which samples' mask_input is a real previous mask
 ) -> torch.Tensor:
     """-> (B, GUIDANCE_CHANNELS, L, L, L): everything the decoder's last conv sees besides its own features."""
     low_res = features.shape[-1]
     return torch.cat([
-        guidance_maps(points, labels, mask_input, batch, crop_size, low_res, features.device, features.dtype),
+        guidance_maps(points, labels, mask_input, batch, crop_size, low_res, features.device, features.dtype,
+                      has_mask),
         similarity_maps(features, points, labels, batch, crop_size),
     ], dim=1)
 
@@ -43,33 +46,39 @@ def _max_per_sign(maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     for value in (1, 0):
         chosen = (labels.to(maps.device) == value)[..., None, None, None]  # (B, N, 1, 1, 1)
         best = torch.where(chosen, maps, torch.full_like(maps, -torch.inf)).amax(1)
-        out.append(torch.where(chosen.any(1), best, torch.zeros_like(best)))
+        # a sum, not any(): exported, any() over no tokens (T = 0) is a ReduceMax that says True
+        out.append(torch.where(chosen.sum(1) > 0, best, torch.zeros_like(best)))
     return torch.stack(out, dim=1)
 
 
 def guidance_maps(
     points: Optional[torch.Tensor],  # (B, N, 3) crop voxel coordinates
-    labels: Optional[torch.Tensor],  # (B, N): 1 positive, 0 negative
+    labels: Optional[torch.Tensor],  # (B, N): 1 positive, 0 negative (other values ignored)
     mask_input: Optional[torch.Tensor],  # (B, 1, L, L, L) previous logits
     batch: int,
     crop_size: int,
     low_res: int,
     device: torch.device,
     dtype: torch.dtype,
+    has_mask: Optional[torch.Tensor] = None,  # (B,): False where mask_input is only a placeholder
 ) -> torch.Tensor:
     """-> (B, 3, L, L, L): positive-click heatmap, negative-click heatmap (each the max of one Gaussian per click,
     1 at a click), and the previous mask as a probability (0 where there is none)."""
-    out = torch.zeros(batch, 3, low_res, low_res, low_res, device=device, dtype=dtype)
+    clicks = torch.zeros(batch, 2, low_res, low_res, low_res, device=device, dtype=dtype)
     if points is not None and points.shape[1] > 0:
         centres = _to_low_res(points.to(device=device, dtype=dtype), crop_size, low_res)  # (B, N, 3)
         axis = torch.arange(low_res, device=device, dtype=dtype)
         # separable Gaussian: exp(-|v - c|^2 / 2s^2) = product over the three axes
         g = [torch.exp(-(axis[None, None] - centres[..., a, None]) ** 2 / (2 * SIGMA_VOXELS**2)) for a in range(3)]
         blobs = g[0][..., :, None, None] * g[1][..., None, :, None] * g[2][..., None, None, :]  # (B, N, L, L, L)
-        out[:, :2] = _max_per_sign(blobs, labels)
+        clicks = _max_per_sign(blobs, labels).to(dtype)
+    previous = torch.zeros(batch, 1, low_res, low_res, low_res, device=device, dtype=dtype)
     if mask_input is not None:
-        out[:, 2] = torch.sigmoid(mask_input[:, 0].to(dtype))
-    return out
+        previous = torch.sigmoid(mask_input[:, :1].to(dtype)).expand(batch, -1, -1, -1, -1)
+        if has_mask is not None:
+            chosen = has_mask.reshape(-1, 1, 1, 1, 1).to(device=device, dtype=torch.bool)
+            previous = torch.where(chosen, previous, torch.zeros_like(previous))
+    return torch.cat([clicks, previous], dim=1)
 
 
 def similarity_maps(

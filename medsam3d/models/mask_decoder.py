@@ -208,13 +208,14 @@ class MaskDecoder3D(nn.Module):
         return x + fusion.refine(refine_in)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, multimask_output: bool, skips: tuple[torch.Tensor, ...] = (),
+                dense: torch.Tensor, multimask_output: bool | torch.Tensor, skips: tuple[torch.Tensor, ...] = (),
                 guidance: Optional[torch.Tensor] = None, keep_best: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (B|1, C, X, Y, Z); sparse (B, N, C); dense (B, C, X, Y, Z); skips (B|1, c8, 2X, ..),
         (B|1, c4, 4X, ..) [and (B|1, C/16, 8X, ..) with fine_output] for a stem encoder; guidance
         (B, GUIDANCE_CHANNELS, 4X, ..) or None -> low-res logits (B, 1|M, 4X, 4Y, 4Z), 8X.. with fine_output, and
         IoU predictions (B, 1|M). ``keep_best`` returns only the mask with the highest predicted IoU, (B, 1, ..):
-        what inference keeps anyway, and the fine head then corrects that one mask instead of all M."""
+        what inference keeps anyway, and the fine head then corrects that one mask instead of all M. With
+        ``keep_best`` ``multimask_output`` may be a bool tensor (an input of an exported graph)."""
         b = sparse.shape[0]
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens[None].expand(b, -1, -1), sparse], dim=1)
@@ -234,13 +235,25 @@ class MaskDecoder3D(nn.Module):
             iou_pred = self._score_masks(masks, upscaled)  # (B, M+1)
         else:
             iou_pred = self.iou_prediction_head(iou_token_out)  # (B, M+1)
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
-        masks, iou_pred = masks[:, chosen], iou_pred[:, chosen]
-        token_ids = torch.arange(chosen.start, chosen.start + masks.shape[1], device=masks.device).expand(b, -1)
-        if keep_best:
-            best = iou_pred.argmax(1, keepdim=True)  # (B, 1)
-            iou_pred, token_ids = iou_pred.gather(1, best), token_ids.gather(1, best)
-            masks = masks.gather(1, best[..., None, None, None].expand(-1, -1, *masks.shape[2:]))
+        if keep_best:  # one mask per sample: the best-scored of the multimask outputs, or the single-mask output
+            token_ids = best_token(iou_pred, multimask_output)  # (B, 1)
+            iou_pred = iou_pred.gather(1, token_ids)
+            masks = masks.gather(1, token_ids[..., None, None, None].expand(-1, -1, *masks.shape[2:]))
+        else:
+            chosen = slice(1, None) if multimask_output else slice(0, 1)
+            masks, iou_pred = masks[:, chosen], iou_pred[:, chosen]
+            token_ids = torch.arange(chosen.start, chosen.start + masks.shape[1], device=masks.device).expand(b, -1)
         if self.fine_head is not None:  # after the scoring at S/4, as trained before the head existed
             masks = self.fine_head(masks, upscaled, skips[2], mask_tokens_out, token_ids)
         return masks, iou_pred
+
+
+def best_token(iou_pred: torch.Tensor, multimask_output: bool | torch.Tensor) -> torch.Tensor:
+    """iou_pred (B, M+1) -> (B, 1) index of the mask token to keep: the best-scored of tokens 1..M with
+    ``multimask_output``, token 0 without. No branch on the values, so it traces with a tensor flag; ties go to
+    the lowest index, as ``argmax`` over the chosen slice did."""
+    index = torch.arange(iou_pred.shape[1], device=iou_pred.device)
+    multimask = torch.as_tensor(multimask_output, device=iou_pred.device).to(torch.bool).reshape(-1, 1)
+    allowed = (multimask & (index >= 1)) | (~multimask & (index == 0))  # (B | 1, M+1); logic ops, not a bool
+    # Where, which ONNX Runtime's CPU provider has no kernel for
+    return iou_pred.masked_fill(~allowed, float("-inf")).argmax(1, keepdim=True)

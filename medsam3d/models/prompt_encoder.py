@@ -83,35 +83,53 @@ class PromptEncoder3D(nn.Module):
     def get_dense_pe(self) -> torch.Tensor:  # (1, C, X, Y, Z)
         return self.pe_layer.dense(self.image_embedding_size).unsqueeze(0)
 
-    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
-        points = points + 0.5  # centre of the voxel
-        if pad:  # a "not a point" token when no box follows (as SAM)
-            points = torch.cat([points, points.new_zeros(points.shape[0], 1, 3)], dim=1)
-            labels = torch.cat([labels, -labels.new_ones(labels.shape[0], 1)], dim=1)
-        emb = self.pe_layer.points(points, self.input_image_size)
-        emb = torch.where((labels == -1)[..., None], torch.zeros_like(emb), emb)
-        emb = emb + (labels == -1)[..., None] * self.not_a_point_embed.weight
-        emb = emb + (labels == 0)[..., None] * self.point_embeddings[0].weight
-        emb = emb + (labels == 1)[..., None] * self.point_embeddings[1].weight
+    def embed_tokens(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens -> sparse embeddings (B, N, C), one per token, with no branch on the values (it traces).
+
+        coords (B, N, 3) crop voxel coordinates; labels (B, N): 1 positive click, 0 negative click, 2 and 3 a
+        box's first and second corner, -1 "not a point" (SAM's padding token; its coordinates are ignored).
+        ``prompt_tokens`` turns points and boxes into these."""
+        emb = self.pe_layer.points(coords + 0.5, self.input_image_size)  # + 0.5: the centre of the voxel
+        pad = (labels == -1)[..., None]
+        emb = torch.where(pad, torch.zeros_like(emb), emb) + pad * self.not_a_point_embed.weight
+        for value, embedding in enumerate(self.point_embeddings):  # adding 0 elsewhere keeps each token exact
+            emb = emb + (labels == value)[..., None] * embedding.weight
         return emb
 
-    def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:  # (B, 6) -> (B, 2, C)
-        corners = (boxes + 0.5).reshape(-1, 2, 3)
-        emb = self.pe_layer.points(corners, self.input_image_size)
-        return emb + torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])[None]
+    def embed_mask(self, masks: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+        """masks (B, 1, 4X, 4Y, 4Z) logits, has_mask (B,) -> dense embedding (B, C, X, Y, Z): the mask's where
+        ``has_mask``, the learned "no mask" embedding elsewhere (both computed, so it traces)."""
+        weight = self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)
+        chosen = has_mask.reshape(-1, 1, 1, 1, 1).to(torch.bool)
+        return torch.where(chosen, self.mask_downscaling(masks), weight)
 
     def forward(self, points: Optional[torch.Tensor], labels: Optional[torch.Tensor],
                 boxes: Optional[torch.Tensor], masks: Optional[torch.Tensor], batch: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> sparse (B, N, C) and dense (B, C, X, Y, Z) embeddings."""
-        weight = self.no_mask_embed.weight
-        sparse = weight.new_empty(batch, 0, self.embed_dim)
-        if points is not None:
-            sparse = torch.cat([sparse, self._embed_points(points, labels, pad=boxes is None)], dim=1)
-        if boxes is not None:
-            sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
-        if masks is not None:
-            dense = self.mask_downscaling(masks)
-        else:
-            dense = weight.reshape(1, -1, 1, 1, 1).expand(batch, -1, *self.image_embedding_size)
-        return sparse, dense
+        coords, token_labels = prompt_tokens(points, labels, boxes, batch)
+        sparse = self.embed_tokens(coords.to(self.no_mask_embed.weight.device), token_labels)
+        if masks is None:
+            weight = self.no_mask_embed.weight
+            return sparse, weight.reshape(1, -1, 1, 1, 1).expand(batch, -1, *self.image_embedding_size)
+        return sparse, self.mask_downscaling(masks)
+
+
+def prompt_tokens(points: Optional[torch.Tensor], labels: Optional[torch.Tensor], boxes: Optional[torch.Tensor],
+                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (B, N, 3) + labels (B, N) and boxes (B, 6) -> the decoder's prompt tokens: coords (B, T, 3) and
+    labels (B, T) as ``PromptEncoder3D.embed_tokens`` reads them. Clicks first, then the box's two corners, or,
+    when there are clicks but no box, SAM's "not a point" padding token."""
+    device = points.device if points is not None else boxes.device if boxes is not None else None
+    coords = [torch.zeros(batch, 0, 3, device=device)]
+    token_labels = [torch.zeros(batch, 0, dtype=torch.long, device=device)]
+    if points is not None:
+        coords.append(points.float())
+        token_labels.append(labels.long())
+        if boxes is None:
+            coords.append(torch.zeros(batch, 1, 3, device=device))
+            token_labels.append(torch.full((batch, 1), -1, dtype=torch.long, device=device))
+    if boxes is not None:
+        coords.append(boxes.float().reshape(-1, 2, 3))
+        token_labels.append(torch.tensor([[2, 3]], device=device).expand(batch, -1))
+    return torch.cat(coords, 1), torch.cat(token_labels, 1)

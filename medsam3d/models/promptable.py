@@ -19,7 +19,7 @@ from .base import ImageEncoder
 from .config import PromptDecoderConfig
 from .guidance import decoder_guidance
 from .mask_decoder import MaskDecoder3D
-from .prompt_encoder import PromptEncoder3D
+from .prompt_encoder import PromptEncoder3D, prompt_tokens
 
 
 class ImageFeatures(NamedTuple):
@@ -109,17 +109,40 @@ class PromptableModel3D(nn.Module):
         if len(features.skips) != wanted:
             raise InputError(f"{self.name} needs the {wanted} skip map(s) that encode "
                              f"returns; got {len(features.skips)} (pass encode's output to decode unchanged)")
-        if labels is not None:
-            labels = labels.to(device=embedding.device, dtype=torch.long)
-        if mask_input is not None and self.mask_decoder.fine_head is not None:
+        coords, token_labels = prompt_tokens(points, labels, boxes, batch)
+        has_mask = torch.full((batch,), mask_input is not None, device=embedding.device)
+        if mask_input is None:
+            mask_input = embedding.new_zeros(batch, 1, *(self.low_res_size,) * 3)
+        return self.decode_tensors(embedding, features.skips, coords.to(embedding.device),
+                                   token_labels.to(embedding.device), mask_input, has_mask, multimask_output,
+                                   keep_best)
+
+    def decode_tensors(
+        self,
+        embedding: torch.Tensor,  # (B | 1, C, g, g, g)
+        skips: tuple[torch.Tensor, ...],  # as encode returns them; () for models without a stem
+        coords: torch.Tensor,  # (B, T, 3) prompt tokens' crop voxel coordinates (prompt_encoder.prompt_tokens)
+        labels: torch.Tensor,  # (B, T) int: 1 / 0 positive / negative click, 2 / 3 box corners, -1 padding
+        mask_input: torch.Tensor,  # (B, 1, L, L, L) previous logits; anything where has_mask is False
+        has_mask: torch.Tensor,  # (B,) bool: whether mask_input is a mask prompt
+        multimask_output: bool | torch.Tensor = False,  # a bool tensor is allowed with keep_best
+        keep_best: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decode`` after its input checks: a pure tensor function with no branch on the values and shapes
+        fixed by the model (the number of tokens T is the only free size), so it traces and exports to ONNX.
+        -> low-res logits (B, 1 | M, L, L, L) and predicted IoU (B, 1 | M)."""
+        batch = labels.shape[0]
+        if self.mask_decoder.fine_head is not None:
             mask_input = F.avg_pool3d(mask_input, 2)  # S/2 logits -> the S/4 grid the prompt encoder reads
-        sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input, batch)
+        sparse = self.prompt_encoder.embed_tokens(coords, labels)
+        dense = self.prompt_encoder.embed_mask(mask_input, has_mask)
         image_pe = self.prompt_encoder.get_dense_pe()
         guidance = None
         fusion = self.mask_decoder.skip_fusion
         if fusion is not None and fusion.guidance_in is not None:
-            guidance = decoder_guidance(features.skips[1], points, labels, mask_input, batch, self.config.img_size)
-        return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, features.skips, guidance,
+            guidance = decoder_guidance(skips[1], coords, labels, mask_input, batch, self.config.img_size,
+                                        has_mask)
+        return self.mask_decoder(embedding, image_pe, sparse, dense, multimask_output, skips, guidance,
                                  keep_best=keep_best)
 
     def forward(self, image: torch.Tensor, **prompts) -> tuple[torch.Tensor, torch.Tensor]:

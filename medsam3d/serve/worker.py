@@ -35,18 +35,19 @@ class Worker:
 
     @classmethod
     def for_model(cls, model: str = "default", checkpoint: Optional[str] = None, device: str = "cpu",
-                  threads: Optional[int] = None) -> "Worker":
+                  threads: Optional[int] = None, backend: str = "torch") -> "Worker":
         """Load the model once; every session's Segmenter shares it."""
-        from ..segmenter import Segmenter, load_model
+        from ..backends import open_backend
+        from ..segmenter import Segmenter
 
-        built, sha = load_model(model, checkpoint, device)
         threads = int(threads) if threads else None
+        shared, sha = open_backend(backend, model, checkpoint, device, threads)
 
         def make_segmenter():
-            return Segmenter(model=built, device=device, threads=threads)
+            return Segmenter(model=shared, device=device, threads=threads)
 
-        describe = {"model": getattr(built, "name", str(model)), "weights": str(model),
-                    "weights_sha256": sha, "licence": model_licence(model), "device": str(device),
+        describe = {"model": shared.name, "weights": str(model), "weights_sha256": sha,
+                    "licence": model_licence(model), "device": str(device), "backend": shared.kind,
                     "threads": threads}
         return cls(make_segmenter, describe)
 

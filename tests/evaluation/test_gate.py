@@ -85,12 +85,15 @@ def test_gate_promotes_a_first_default_then_refuses_one_no_better(tmp_path):
     assert config_dict(build_model(record["model"], **record["config"]).config) == config_dict(
         build_model("medsam3d-tiny", **SMALL).config)
     assert not list(weights.glob(".gate.*"))  # staging cleaned up
+    # the CPU path's bundle is exported from the promoted weights
+    bundle = json.loads((weights / "default_onnx" / "model.json").read_text())
+    assert bundle["weights_sha256"] == record["sha256"] and bundle["check"]["logits_max_abs_diff"] < 1e-3
 
     # the same weights again: not higher at 1 click, so refused, and nothing is rewritten
-    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    before = {p.relative_to(weights): p.read_bytes() for p in weights.rglob("*") if p.is_file()}
     again = run_gate(_candidate(tmp_path, "run_a2", 0), None, config, weights, docs, threads=1, log=lambda m: None)
     assert not again.promote and "not higher" in again.reasons[-1]
-    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
+    assert {p.relative_to(weights): p.read_bytes() for p in weights.rglob("*") if p.is_file()} == before
 
     # a record measured under another protocol is not trusted: the gate measures the current default again
     record["heldout"]["fingerprint"] = "stale"

@@ -24,7 +24,7 @@ def stand_in(monkeypatch):
     """segment's model is the intensity-threshold stand-in (plumbing, quickly): any --model loads it."""
     import medsam3d.segmenter
 
-    monkeypatch.setattr(medsam3d.segmenter, "load_model", lambda *a, **k: (ThresholdModel(), None))
+    monkeypatch.setattr("medsam3d.backends.torch_backend.load_model", lambda *a, **k: (ThresholdModel(), None))
 
 
 @pytest.fixture(scope="module")

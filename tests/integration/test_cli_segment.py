@@ -172,7 +172,7 @@ def test_random_weights_are_refused(tmp_path, scan, capsys):
 def test_segment_command_takes_clicks_at_both_ends(tmp_path, monkeypatch, capsys):
     volume, rod = long_rod()
     scan = write_volume(volume, tmp_path / "rod.nii.gz")
-    monkeypatch.setattr(segmenter_module, "load_model", lambda *a, **k: (ThresholdModel(ROD_WINDOW), None))
+    monkeypatch.setattr("medsam3d.backends.torch_backend.load_model", lambda *a, **k: (ThresholdModel(ROD_WINDOW), None))
     out = tmp_path / "mask.nii.gz"
     code = main(["segment", str(scan), "--point", ",".join(map(str, ROD_ENDS[0])), "--point",
                  ",".join(map(str, ROD_ENDS[1])), "-o", str(out), "--max-windows", "2", "-q"])
