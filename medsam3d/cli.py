@@ -56,8 +56,9 @@ _MODEL = typer.Option("default", "--model", help="model name, stored name or YAM
 _CHECKPOINT = typer.Option(None, "--checkpoint", help="weights for --model")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps")
 _THREADS = typer.Option(None, "--threads", help="CPU threads")
-_BACKEND = typer.Option("torch", "--backend", help="torch, or onnxruntime: the CPU path without torch (the packaged "
-                                                   "default, or --model an exported ONNX bundle; medsam3d[onnx])")
+_BACKEND = typer.Option("torch", "--backend", help="torch; onnxruntime: the CPU path without torch (the packaged "
+                                                   "default, or --model an exported ONNX bundle; medsam3d[onnx]); "
+                                                   "auto: onnxruntime where it can run the model, else torch")
 
 
 @app.command(help="Segment the structure under the prompts; write a mask with the input's exact geometry."
@@ -478,7 +479,10 @@ def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dic
 
 
 def _device(name: str, backend: str = "torch") -> str:
-    if backend == "onnxruntime":  # CPU only; decided without importing torch
+    import importlib.util
+
+    # onnxruntime runs on the CPU: decided without importing torch (auto takes it whenever it is installed)
+    if backend == "onnxruntime" or (backend == "auto" and importlib.util.find_spec("onnxruntime") is not None):
         return "cpu" if name == "auto" else name
     import torch
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "auto")  # auto: onnxruntime where it can run the model, else torch
 
 
 class Backend(Protocol):
@@ -55,6 +55,8 @@ def open_backend(kind: str, model: Any = "default", checkpoint: Optional[str | P
         raise InputError(f"unknown backend {kind!r}; choose one of: {', '.join(BACKENDS)}")
     if hasattr(model, "using_threads"):
         return model, None
+    if kind == "auto":
+        kind = "onnxruntime" if onnxruntime_can_run(model, checkpoint, device) else "torch"
     if kind == "onnxruntime":
         if not isinstance(model, (str, Path)):
             raise InputError("the onnxruntime backend takes a model name or an ONNX bundle directory")
@@ -71,6 +73,21 @@ def open_backend(kind: str, model: Any = "default", checkpoint: Optional[str | P
 
     built, sha = load_model(model, checkpoint, device, allow_random_weights)
     return TorchBackend(built, device), sha
+
+
+def onnxruntime_can_run(model: Any, checkpoint: Optional[str | Path], device: str) -> bool:
+    """Whether ``--backend auto`` takes onnxruntime: it is installed, the device is the CPU, and the model is an
+    ONNX bundle (the packaged default's, or a directory) rather than PyTorch weights."""
+    import importlib.util
+
+    if checkpoint is not None or device != "cpu" or not isinstance(model, (str, Path)):
+        return False
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    from .onnx_backend import PACKAGED_BUNDLE
+
+    bundle = PACKAGED_BUNDLE if str(model) == "default" else Path(model).expanduser()
+    return (bundle / "model.json").is_file()
 
 
 def prompt_tokens(points: Optional[np.ndarray], labels: Optional[np.ndarray], box: Optional[np.ndarray]

@@ -89,9 +89,13 @@ def load_gate_config(path: str | Path, root: Path = REPO, split: Optional[Path] 
 
 
 def fingerprint(config: GateConfig, protocol: dict) -> str:
-    """What makes two gate results comparable: the protocol, the suites and the bytes of their scans and labels."""
+    """What makes two gate results comparable: the protocol, the Segmenter's revision, the suites and the bytes of
+    their scans and labels."""
+    from ..segmenter import REVISION
+
     digest = hashlib.sha256(json.dumps({"protocol": protocol, "clicks": config.clicks,
-                                        "min_size_ml": config.min_size_ml}, sort_keys=True).encode())
+                                        "min_size_ml": config.min_size_ml, "segmenter": REVISION},
+                                       sort_keys=True).encode())
     for suite in config.suites:
         digest.update(json.dumps([suite.name, suite.cases, suite.labels]).encode())
         for case in suite.cases:
@@ -269,25 +273,15 @@ def write_default(candidate: Candidate, results_by_suite: dict[str, dict], summa
     Each file is written atomically; default.json, which names the weights' sha256, is written last."""
     import os
 
+    from ..export import export_onnx
     from ..io import write_text_atomic
-    from ..models import config_dict
+    from ..models import build_model, config_dict
     from ..models.config import make_config
     from ..store import sha256_of
-    from .card import replace_block, results_block
-    from .evaluate import plot
 
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    for name, results in results_by_suite.items():
-        write_text_atomic(docs_dir / f"{name}.json", json.dumps(results, indent=2))
-        plot(results, docs_dir / f"{name}.png")
     model_name = candidate.spec["model"]
-    plot({"model": model_name, "dataset": "held-out split, every gate suite", "n_structures":
-          summary_["n_structures"], "protocol": {"clicks": summary_["clicks"]}, "mean_dice": summary_["dice"],
-          "baselines": {b: {"mean_dice": v} for b, v in summary_["baselines"].items()}}, docs_dir / "all.png")
-    # the CPU path's ONNX bundle (backends/onnx_backend.py) is exported from the same weights, checked against them
-    from ..export import export_onnx
-    from ..models import build_model
-
+    write_results(results_by_suite, summary_, docs_dir, model_name)
+    # the CPU path's ONNX bundle (backends/onnx_backend.py), exported from the same weights and checked against them
     built = build_model(model_name, checkpoint=str(candidate.weights),
                         **{k: v for k, v in candidate.spec.items() if k != "model"})
     export_onnx(built, weights_dir / "default_onnx", weights_sha256=sha256_of(candidate.weights))
@@ -301,15 +295,69 @@ def write_default(candidate: Candidate, results_by_suite: dict[str, dict], summa
               "about": "medsam3d's packaged default (see its card: medsam3d models info default)",
               "heldout": summary_}
     write_text_atomic(weights_dir / "default.yaml", yaml.safe_dump(candidate.spec, sort_keys=False))
+    write_card(weights_dir, docs_dir, summary_, results_by_suite, record, candidate.training)
+    write_text_atomic(weights_dir / "default.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def write_results(results_by_suite: dict[str, dict], summary_: dict, docs_dir: Path, model_name: str) -> None:
+    """Each suite's results JSON and plot, and the pooled plot, under ``docs_dir``."""
+    from ..io import write_text_atomic
+    from .evaluate import plot
+
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    for name, results in results_by_suite.items():
+        write_text_atomic(docs_dir / f"{name}.json", json.dumps(results, indent=2))
+        plot(results, docs_dir / f"{name}.png")
+    plot({"model": model_name, "dataset": "held-out split, every gate suite", "n_structures":
+          summary_["n_structures"], "protocol": {"clicks": summary_["clicks"]}, "mean_dice": summary_["dice"],
+          "baselines": {b: {"mean_dice": v} for b, v in summary_["baselines"].items()}}, docs_dir / "all.png")
+
+
+def write_card(weights_dir: Path, docs_dir: Path, summary_: dict, results_by_suite: dict[str, dict], record: dict,
+               training: Optional[str]) -> None:
+    """The card's results block (and training block, when given), with links that work from where it lives."""
+    import os
+
+    from ..io import write_text_atomic
+    from .card import replace_block, results_block
+
     card_path = weights_dir / "MODEL_CARD.md"
     try:  # links that work from where the card lives
         prefix = Path(os.path.relpath(docs_dir, weights_dir)).as_posix()
     except ValueError:  # another drive (Windows): an absolute path
         prefix = docs_dir.as_posix()
-    card = replace_block(card_path.read_text(encoding="utf-8"), "results", results_block(summary_, results_by_suite, record, prefix))
-    card = replace_block(card, "training", candidate.training)
+    card = replace_block(card_path.read_text(encoding="utf-8"), "results",
+                         results_block(summary_, results_by_suite, record, prefix))
+    if training is not None:
+        card = replace_block(card, "training", training)
     write_text_atomic(card_path, card)
+
+
+def remeasure_default(config: GateConfig, weights_dir: Path, docs_dir: Path, threads: Optional[int] = None,
+                      device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+    """Measure the packaged default again with the code as it is (same weights) and re-record its numbers: for a
+    change to the Segmenter (``segmenter.REVISION``) or the protocol, not for a new model. -> its new record."""
+    from ..io import write_text_atomic
+    from ..segmenter import Segmenter
+    from .protocol import PROTOCOL
+
+    record = current_default(weights_dir)
+    if record is None:
+        raise InputError(f"{weights_dir} holds no default.json to measure again")
+    seg = Segmenter(model=str(weights_dir / "default.yaml"), checkpoint=weights_dir / "default.pt", device=device,
+                    threads=threads)
+    results = run_suites(seg, config, baselines=True, log=log)
+    numbers = summary(results, config, fingerprint(config, PROTOCOL))
+    if config.example is not None:
+        numbers["example"] = measure_example(seg, config.example)
+    before = record["heldout"]["dice"]
+    record.update(heldout=numbers, status=status_line(numbers["dice"], config.goal))
+    write_results(results, numbers, docs_dir, record["model"])
+    write_card(weights_dir, docs_dir, numbers, results, record, None)
     write_text_atomic(weights_dir / "default.json", json.dumps(record, indent=2) + "\n")
+    for k, v in numbers["dice"].items():
+        log(f"{k} click(s): {before.get(k, float('nan')):.4f} -> {v:.4f}")
     return record
 
 

@@ -141,3 +141,21 @@ def test_missing_onnx_extra_says_which_extra_to_install(tmp_path):
     done = run_python(code)
     assert done.returncode == 2
     assert "pip install 'medsam3d[onnx]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_auto_takes_onnxruntime_where_it_can_run_the_model(monkeypatch, tmp_path):
+    from medsam3d.backends import onnxruntime_can_run
+
+    assert onnxruntime_can_run("default", None, "cpu")
+    assert not onnxruntime_can_run("default", tmp_path / "w.pt", "cpu")  # PyTorch weights: torch
+    assert not onnxruntime_can_run("default", None, "cuda")
+    assert not onnxruntime_can_run("sam-med3d", None, "cpu")  # a registry name, not a bundle
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)  # as if the extra were missing
+    assert not onnxruntime_can_run("default", None, "cpu")
+
+
+def test_serve_auto_reports_its_backend():
+    from medsam3d.serve.worker import Worker
+
+    hello = Worker.for_model("default", threads=1, backend="auto").handle({"cmd": "hello", "id": 1})
+    assert hello["ok"] and hello["backend"] == "onnxruntime"

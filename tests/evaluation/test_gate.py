@@ -119,3 +119,26 @@ def test_repository_gate_config_names_only_held_out_cases():
     config = load_gate_config(Path(__file__).resolve().parents[2] / "configs" / "gate.yaml")
     assert {s.name for s in config.suites} == {"ct_organs", "lesions_ct", "lesions_mr"}
     assert config.clicks == [1, 3, 5, 10] and config.improve_at == [1, 5]
+
+
+def test_remeasure_rerecords_the_default_after_a_segmenter_revision(tmp_path, monkeypatch):
+    """A change to how the Segmenter answers changes the fingerprint; --remeasure measures the same weights again
+    and re-records the numbers, the card and the fingerprint, leaving the weights and their bundle alone."""
+    from medsam3d.evaluation.gate import fingerprint, remeasure_default
+    from medsam3d.evaluation.protocol import PROTOCOL
+
+    config, weights = _gate_setup(tmp_path)
+    docs = tmp_path / "docs"
+    assert run_gate(_candidate(tmp_path, "run_a", 0), None, config, weights, docs, threads=1, log=lambda m: None).promote
+    before = json.loads((weights / "default.json").read_text())
+    kept = {p.relative_to(weights): p.read_bytes() for p in weights.rglob("*") if p.suffix in (".pt", ".onnx")}
+    monkeypatch.setattr("medsam3d.segmenter.REVISION", 99)
+    assert fingerprint(config, PROTOCOL) != before["heldout"]["fingerprint"]
+    logged = []
+    record = remeasure_default(config, weights, docs, threads=1, log=logged.append)
+    assert record["heldout"]["fingerprint"] == fingerprint(config, PROTOCOL)
+    assert record["heldout"]["dice"] == pytest.approx(before["heldout"]["dice"])  # same code paths, same numbers
+    assert json.loads((weights / "default.json").read_text()) == record and record["sha256"] == before["sha256"]
+    assert {p.relative_to(weights): p.read_bytes() for p in weights.rglob("*") if p.suffix in (".pt", ".onnx")} == kept
+    assert record["heldout"]["fingerprint"] in (weights / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert any("->" in line for line in logged)
