@@ -309,6 +309,9 @@ def serve(
     device: str = _DEVICE,
     threads: Optional[int] = _THREADS,
     backend: str = _BACKEND,
+    incremental: bool = typer.Option(False, "--incremental/--every-window",
+                                     help="a click re-decodes only the windows that hold it (objects spanning many "
+                                          "windows stay click-fast; see the README) or every window of the object"),
 ) -> None:
     from .serve.transport import parse_address, serve_socket, serve_stdio, token_from_env_or
     from .serve.worker import Worker
@@ -326,7 +329,7 @@ def serve(
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
     worker = Worker.for_model(model, str(checkpoint) if checkpoint else None, _device(device, backend), threads,
-                              backend)
+                              backend, incremental)
     if stdio:
         raise typer.Exit(serve_stdio(worker))
 

@@ -42,6 +42,20 @@ MAX_CACHED_WINDOWS = 16
 WINDOW_MARGIN = 16  # window voxels a prompt must keep from the border for a cached window to be reused for it
 
 
+@dataclass(frozen=True)
+class WindowAnswer:
+    """One window's part of an answer: what a further click on the object refines, or keeps as it is."""
+
+    low_res: np.ndarray  # (L, L, L) the model's logits: the mask prompt of the window's next decode
+    box: tuple  # (slice, slice, slice): where on the scan's grid ``inside`` lies
+    inside: np.ndarray  # np.packbits of the thresholded mask in ``box`` (C order)
+    iou: float  # the model's predicted IoU
+
+    def mask(self) -> np.ndarray:
+        shape = tuple(s.stop - s.start for s in self.box)
+        return np.unpackbits(self.inside, count=int(np.prod(shape))).reshape(shape)
+
+
 @dataclass
 class Result:
     mask: Volume  # uint8 on the input grid
@@ -49,8 +63,13 @@ class Result:
     windows: list[Window]
     iou: list[float]
     timings: dict[str, float] = field(default_factory=dict)
-    # the model's low-res logits per window centre: what a further prompt on this object refines (``previous``)
-    low_res: dict = field(default_factory=dict)
+    # each window's answer by window centre: what a further prompt on this object refines (``previous``)
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def low_res(self) -> dict:
+        """The model's low-res logits (L, L, L) per window centre."""
+        return {center: answer.low_res for center, answer in self.memory.items()}
 
     @property
     def volume_ml(self) -> float:
@@ -60,7 +79,7 @@ class Result:
 class Segmenter:
     def __init__(self, model: Any = "default", checkpoint: Optional[str | Path] = None,
                  device: str = "cpu", threads: Optional[int] = None, max_windows: int = 8,
-                 allow_random_weights: bool = False, backend: str = "torch") -> None:
+                 allow_random_weights: bool = False, backend: str = "torch", incremental: bool = False) -> None:
         """``model``: "default", a stored name, a registry name with ``checkpoint``, an ONNX bundle directory
         (``backend="onnxruntime"``), or a loaded model / backend object (shared between Segmenters)."""
         self.threads = int(threads) if threads else None  # applied around this Segmenter's own work only
@@ -69,13 +88,16 @@ class Segmenter:
         self.model, self.weights_sha256 = open_backend(backend, model, checkpoint, device, self.threads,
                                                        allow_random_weights)
         self.size = int(self.model.img_size)
+        # a refinement re-decodes only the last answer's windows that hold its newest click and keeps the others
+        # (``_predict_prompts``): an object spanning many windows stays click-fast
+        self.incremental = incremental
         self.max_windows = max_windows
         self.volume: Optional[Volume] = None
         self._source = None  # SimpleITK image of the volume, for resampling
         self._fill = 0.0
         self.modality = "mr"  # intensity handling of the current volume (intensity.normalise)
         self._embeddings: dict[tuple, Any] = {}  # window centre -> encode's output
-        self._last_logits: dict[tuple, np.ndarray] = {}  # the last prediction's low-res logits (L, L, L) per window
+        self._memory: dict[tuple, WindowAnswer] = {}  # the last prediction's answer per window centre
         # called with a step's name around steps that can take seconds; returns a context manager (CLI: spinner)
         self.on_step: Callable[[str], ContextManager] = lambda name: nullcontext()
 
@@ -99,12 +121,12 @@ class Segmenter:
         self._fill = float(self.volume.array.min())
         self.modality = guess_modality(self.volume.array) if modality == "auto" else modality
         self._embeddings.clear()
-        self._last_logits.clear()
+        self._memory.clear()
         return self.volume
 
     def forget_previous(self) -> None:
         """Drop the previous low-res logits (a new object): the next ``refine`` starts without a mask prompt."""
-        self._last_logits.clear()
+        self._memory.clear()
 
     # ------------------------------------------------------------------ prediction
     def predict(self, points: Sequence[Sequence[float]] = (), labels: Optional[Sequence[int]] = None,
@@ -127,10 +149,10 @@ class Segmenter:
 
     def predict_prompts(self, prompts: Prompts, probabilities: bool = False, refine: bool = False,
                         previous: Optional[dict] = None) -> Result:
-        """``previous``: the ``Result.low_res`` of the object's last answer, for a session that keeps several
+        """``previous``: the ``Result.memory`` of the object's last answer, for a session that keeps several
         objects (``session.Session``); without it, ``refine`` uses this Segmenter's last prediction."""
         if previous is not None:
-            self._last_logits = previous  # rebound below, never modified: the caller's copy stays as it was
+            self._memory = previous  # rebound below, never modified: the caller's copy stays as it was
         with self._own_threads():
             return self._predict_prompts(prompts, probabilities, refine)
 
@@ -154,30 +176,44 @@ class Segmenter:
     def _predict_prompts(self, prompts: Prompts, probabilities: bool, refine: bool) -> Result:
         volume = self.volume
         timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
-        planned = self._plan_windows(prompts, refine)
+        kept = self._kept_answers(prompts) if refine and self.incremental and not probabilities else {}
+        planned = ([Window(c, self.size) for c in self._memory if c not in kept] if kept
+                   else self._plan_windows(prompts, refine))
         # each planned window starts from the last prediction's logits there, or, where the clicks have moved on
         # to a new window, from the last prediction carried over into it
-        previous = [(self._last_logits.get(w.center_lps) if w.center_lps in self._last_logits
+        previous = [(self._memory[w.center_lps].low_res if w.center_lps in self._memory
                      else self._carried_over(w)) if refine else None for w in planned]
-        self._last_logits = {}  # from now on: this prediction's windows only
+        self._memory = dict(kept)  # from now on: this prediction's windows only
         pieces: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
-        windows, ious = [], []
+        windows = [Window(c, self.size) for c in kept]
         # (window, prior mask so far for a grown window, previous logits for a planned one)
         queue: list[tuple[Window, Optional[np.ndarray], Optional[np.ndarray]]] = [
             (w, None, prev) for w, prev in zip(planned, previous)]
-        while queue and len(windows) < max(self.max_windows, len(planned)):
+        while queue and len(windows) < max(self.max_windows, len(planned) + len(kept)):
             window, prior, prev = queue.pop(0)
-            logits128, iou = self._predict_window(window, prompts, prior, prev, timings)
+            logits128, low_res, iou = self._predict_window(window, prompts, prior, prev, timings)
             t0 = time.perf_counter()
-            pieces.append(paste_back(logits128, window, volume, positive_only=not probabilities))
+            box, logits = paste_back(logits128, window, volume, positive_only=not probabilities)
+            pieces.append((box, logits))
+            self._memory[window.center_lps] = WindowAnswer(low_res, box, np.packbits(logits > 0), iou)
             timings["resample"] += time.perf_counter() - t0
             windows.append(window)
-            ious.append(iou)
             for grown, seed in self._growth(window, logits128):
                 if all(np.linalg.norm(np.subtract(grown.center_lps, w.center_lps)) > self.size * 0.375 *
                        grown.spacing for w in windows + [q[0] for q in queue]):
                     queue.append((grown, seed, None))
-        return self._assemble(pieces, windows, ious, probabilities, timings)
+        return self._assemble(pieces, windows, probabilities, timings)
+
+    def _kept_answers(self, prompts: Prompts) -> dict[tuple, WindowAnswer]:
+        """For an incremental refinement: the last answer's windows that its newest click is not in, kept as they
+        are; empty (decode as usual) when no window of the last answer holds that click."""
+        if not len(prompts.points) or prompts.box is not None or prompts.mask is not None:
+            return {}
+        newest = self.volume.ijk_to_lps(prompts.points[-1:])
+        holding = [c for c in self._memory if Window(c, self.size).contains(newest)]
+        if not holding:
+            return {}
+        return {c: answer for c, answer in self._memory.items() if c not in holding}
 
     # ------------------------------------------------------------------ steps
     def _plan_windows(self, prompts: Prompts, refine: bool) -> list[Window]:
@@ -223,14 +259,14 @@ class Segmenter:
 
     def _window_around(self, center: np.ndarray, every_prompt: np.ndarray, refine: bool) -> Window:
         """A window for prompts centred at ``center`` (LPS mm): a suitable cached one, else a new one there."""
-        candidates = list(self._last_logits) if refine else []  # the previous prediction's windows, first first
+        candidates = list(self._memory) if refine else []  # the previous prediction's windows, first first
         candidates += [c for c in self._embeddings if c not in candidates]
         for candidate in candidates:
             window = Window(candidate, self.size)
             offset = np.abs(window.lps_to_voxel(center) - (self.size - 1) / 2)
             central = bool((offset <= self.size / 16).all())
             if window.contains(every_prompt, margin=WINDOW_MARGIN) and (
-                    central or (refine and candidate in self._last_logits)):
+                    central or (refine and candidate in self._memory)):
                 return window
         spacing = Window.spacing
         # snap to the model-space lattice so cached and grown windows line up voxel for voxel
@@ -246,11 +282,11 @@ class Segmenter:
         between two windows is a whole number of voxels."""
         size = self.size
         carried = np.full((size,) * 3, OUTSIDE_LOGIT, dtype=np.float32)  # window voxels (S, S, S)
-        for center, low_res in self._last_logits.items():
+        for center, answer in self._memory.items():
             offset = np.rint(Window(center, size, window.spacing).lps_to_voxel(window.origin_lps)).astype(int)
             if (np.abs(offset) >= size).any():
                 continue
-            full = upsample_logits(low_res, size)
+            full = upsample_logits(answer.low_res, size)
             np.maximum(carried, _shift(full, offset, fill=OUTSIDE_LOGIT), out=carried)
         if not (carried > 0).any():
             return None
@@ -264,7 +300,7 @@ class Segmenter:
             with self.on_step("encoding the window"):
                 self._embeddings[key] = self.model.encode(crop)
             while len(self._embeddings) > MAX_CACHED_WINDOWS:  # drop the oldest that no refinement needs
-                stale = next((k for k in self._embeddings if k != key and k not in self._last_logits), None)
+                stale = next((k for k in self._embeddings if k != key and k not in self._memory), None)
                 if stale is None:
                     break
                 del self._embeddings[stale]
@@ -272,16 +308,15 @@ class Segmenter:
         return self._embeddings[key]
 
     def _predict_window(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
-                        previous: Optional[np.ndarray], timings: dict) -> tuple[np.ndarray, float]:
-        """Decode one window -> logits (size^3, model space) and the predicted IoU."""
+                        previous: Optional[np.ndarray], timings: dict) -> tuple[np.ndarray, np.ndarray, float]:
+        """Decode one window -> logits (size^3, model space), the low-res logits (L, L, L) and the predicted IoU."""
         features = self._embedding(window, timings)
         t0 = time.perf_counter()
         inputs, multimask = self._decode_inputs(window, prompts, prior, previous)
         low_res, score = self.model.decode(features, multimask=multimask, **inputs)  # (L, L, L), float
-        self._last_logits[window.center_lps] = low_res
         logits = upsample_logits(low_res, self.size)
         timings["decode"] += time.perf_counter() - t0
-        return logits, score
+        return logits, low_res, score
 
     def _decode_inputs(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
                        previous: Optional[np.ndarray]) -> tuple[dict[str, Optional[np.ndarray]], bool]:
@@ -365,7 +400,8 @@ class Segmenter:
         box = window.footprint(self.volume)
         return all(s.stop - s.start > 0 for s in box)
 
-    def _assemble(self, pieces, windows, ious, probabilities: bool, timings) -> Result:
+    def _assemble(self, pieces, windows, probabilities: bool, timings) -> Result:
+        """The new pieces (box, logits) and the kept windows' masks -> the answer on the scan's grid."""
         volume = self.volume
         mask = zeros_ijk(volume.shape, np.uint8)
         prob = zeros_ijk(volume.shape, np.float32) if probabilities else None
@@ -375,8 +411,13 @@ class Segmenter:
             mask[box] |= (logits > 0).astype(np.uint8)
             if prob is not None:
                 np.maximum(prob[box], 1.0 / (1.0 + np.exp(-logits)), out=prob[box])
+        fresh = {w.center_lps for w in windows[len(windows) - len(pieces):]}
+        for center, answer in self._memory.items():
+            if center not in fresh and answer.inside.size:
+                mask[answer.box] |= answer.mask()
+        ious = [self._memory[w.center_lps].iou for w in windows]
         return Result(volume.with_array(mask), volume.with_array(prob) if prob is not None else None, windows,
-                      ious, timings, dict(self._last_logits))
+                      ious, timings, dict(self._memory))
 
 
 def _shift(array: np.ndarray, offset: np.ndarray, fill: float) -> np.ndarray:

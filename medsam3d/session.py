@@ -39,7 +39,7 @@ class ObjectState:
     labels: tuple = ()  # (1 | 0, ...)
     box: Optional[tuple] = None  # ((i0, j0, k0), (i1, j1, k1))
     mask_prompt: Optional[np.ndarray] = None  # (I, J, K) bool from set_mask, used until the next click answers
-    memory: Optional[dict] = None  # the Segmenter's low-res logits per window of the last prediction
+    memory: Optional[dict] = None  # the Segmenter's answer per window of the last prediction (Result.memory)
     mask: Optional[np.ndarray] = None  # (I, J, K) uint8, the current answer (None: empty)
     region: Optional[Region] = None  # the mask is zero outside this box
 
@@ -163,7 +163,7 @@ class Session:
         footprints = [w.footprint(self.volume) for w in result.windows]
         region = tuple(slice(min(f[a].start for f in footprints), max(f[a].stop for f in footprints))
                        for a in range(3))
-        new = replace(state, mask_prompt=None, memory=result.low_res, mask=result.mask.array, region=region)
+        new = replace(state, mask_prompt=None, memory=result.memory, mask=result.mask.array, region=region)
         return self._commit(name, new, result.iou, result.timings)
 
     def _commit(self, name: str, state: ObjectState, iou: list[float], timings: dict,

@@ -36,10 +36,11 @@ from benchutil import median_times  # noqa: E402
 
 
 class Client:
-    def __init__(self, threads: int, backend: str) -> None:
+    def __init__(self, threads: int, backend: str, incremental: bool) -> None:
         self.process = subprocess.Popen([sys.executable, "-m", "medsam3d", "serve", "--stdio", "--threads",
-                                         str(threads), "--backend", backend], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE)
+                                         str(threads), "--backend", backend,
+                                         "--incremental" if incremental else "--every-window"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.n = 0
 
     def __call__(self, cmd: str, **fields) -> dict:
@@ -65,6 +66,8 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=50, help="clicks in all, alternating between the objects")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default="torch", help="torch or onnxruntime")
+    parser.add_argument("--incremental", action="store_true", help="serve --incremental: a click re-decodes only "
+                                                                   "the windows that hold it")
     args = parser.parse_args()
 
     if args.labels is None:
@@ -88,7 +91,7 @@ def main() -> int:
         io_median = median_times([read_write], 5)[0]
 
         started = time.perf_counter()
-        client = Client(args.threads, args.backend)
+        client = Client(args.threads, args.backend, args.incremental)
         client("hello")
         ready = time.perf_counter() - started
         t0 = time.perf_counter()
@@ -134,7 +137,7 @@ def main() -> int:
     dice = [2 * (m & t).sum() / max(m.sum() + t.sum(), 1) for m, t in zip(masks.values(), targets)]
     after = inline + to_file
     print(f"scan {args.scan.name} {scan_image.GetSize()} at {tuple(round(s, 2) for s in scan_image.GetSpacing())}, "
-          f"{args.threads} thread(s), {args.backend}, {args.clicks} clicks over {len(names)} objects")
+          f"{args.threads} thread(s), {args.backend}{', incremental' if args.incremental else ''}, {args.clicks} clicks over {len(names)} objects")
     print("| step | median ms | p95 ms | n |")
     print("|---|---|---|---|")
     print(f"| worker start to hello (torch import, model load) | {ready * 1000:.0f} | | 1 |")

@@ -187,6 +187,33 @@ def test_clicks_at_both_ends_of_a_long_rod_give_one_mask_holding_both():
     assert refined[middle] and all(refined[p] for p in ROD_ENDS)
 
 
+@pytest.mark.parametrize("incremental", [False, True])
+def test_incremental_refinement_redecodes_only_the_windows_holding_the_click(incremental):
+    """A rod spanning several windows: with ``incremental`` a click re-decodes the window(s) holding it and keeps
+    every other window's answer (and its voxels) as it was; without it every window is decoded again."""
+    volume, rod = long_rod()
+    model = ThresholdModel(ROD_WINDOW)
+    seg = Segmenter(model=model, max_windows=8, incremental=incremental)
+    seg.set_volume(volume)
+    first = seg.predict(points=[ROD_ENDS[0]])
+    assert len(first.windows) >= 3 and first.mask.array[rod].mean() > 0.5
+    calls = model.decode_calls
+    click = (20, 20, 20)  # near the first click: in the first window only
+    second = seg.predict(points=[ROD_ENDS[0], click], refine=True)
+    holding = [w for w in first.windows if w.contains(volume.ijk_to_lps(np.array([click])))]
+    redone = model.decode_calls - calls
+    if incremental:
+        assert redone == len(holding) == 1
+        assert {w.center_lps for w in second.windows} == {w.center_lps for w in first.windows}
+        for center, answer in first.memory.items():
+            if all(center != w.center_lps for w in holding):
+                assert second.memory[center] is answer  # kept as it was
+                assert (second.mask.array[answer.box] >= answer.mask()).all()
+    else:
+        assert redone == len(second.windows) >= 3
+    assert second.mask.array[click] and not (second.mask.array.astype(bool) & ~rod).any()
+
+
 def test_segmenter_chooses_and_reports_the_modality():
     volume, _ = sphere_volume("ras")
     seg = Segmenter(model=ThresholdModel(), device="cpu")
@@ -287,11 +314,12 @@ def test_segmenter_refines_and_carries_s2_logits_across_windows():
     assert all(t.shape == (32, 32, 32) for t in moved.low_res.values())
     # the carry shifts S/2 logits: a known blob, seen from a window 16 voxels (8 low-res voxels) along axis 0
     from medsam3d.preprocess import Window
+    from medsam3d.segmenter import WindowAnswer
 
     old = Window(next(iter(moved.low_res)), seg.size)
     blob = np.full((32, 32, 32), -20.0, dtype=np.float32)
     blob[10:20, 12:20, 12:20] = 20.0
-    seg._last_logits = {old.center_lps: blob}
+    seg._memory = {old.center_lps: WindowAnswer(blob, (slice(0, 0),) * 3, np.zeros(0, np.uint8), 1.0)}
     new = Window(tuple(old.voxel_to_lps(np.full(3, (seg.size - 1) / 2) + [16, 0, 0])), seg.size)
     carried = seg._carried_over(new)
     assert carried.shape == (32, 32, 32)

@@ -35,7 +35,7 @@ class Worker:
 
     @classmethod
     def for_model(cls, model: str = "default", checkpoint: Optional[str] = None, device: str = "cpu",
-                  threads: Optional[int] = None, backend: str = "torch") -> "Worker":
+                  threads: Optional[int] = None, backend: str = "torch", incremental: bool = False) -> "Worker":
         """Load the model once; every session's Segmenter shares it."""
         from ..backends import open_backend
         from ..segmenter import Segmenter
@@ -44,11 +44,11 @@ class Worker:
         shared, sha = open_backend(backend, model, checkpoint, device, threads)
 
         def make_segmenter():
-            return Segmenter(model=shared, device=device, threads=threads)
+            return Segmenter(model=shared, device=device, threads=threads, incremental=incremental)
 
         describe = {"model": shared.name, "weights": str(model), "weights_sha256": sha,
                     "licence": model_licence(model), "device": str(device), "backend": shared.kind,
-                    "threads": threads}
+                    "threads": threads, "incremental": incremental}
         return cls(make_segmenter, describe)
 
     # ------------------------------------------------------------------ entry points

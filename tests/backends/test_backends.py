@@ -157,5 +157,5 @@ def test_auto_takes_onnxruntime_where_it_can_run_the_model(monkeypatch, tmp_path
 def test_serve_auto_reports_its_backend():
     from medsam3d.serve.worker import Worker
 
-    hello = Worker.for_model("default", threads=1, backend="auto").handle({"cmd": "hello", "id": 1})
-    assert hello["ok"] and hello["backend"] == "onnxruntime"
+    hello = Worker.for_model("default", threads=1, backend="auto", incremental=True).handle({"cmd": "hello", "id": 1})
+    assert hello["ok"] and hello["backend"] == "onnxruntime" and hello["incremental"] is True
