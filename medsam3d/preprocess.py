@@ -119,17 +119,37 @@ def mask_to_window(mask: np.ndarray, volume: Volume, window: Window) -> np.ndarr
 
 def upsample_logits(low_res: np.ndarray, size: int) -> np.ndarray:
     """(L, L, L) logits -> (size, size, size) float32 by trilinear interpolation with half-pixel centres (PyTorch's
-    ``interpolate(..., mode="trilinear", align_corners=False)``, to float rounding), one axis at a time."""
+    ``interpolate(..., mode="trilinear", align_corners=False)``, to float rounding), one axis at a time.
+
+    For a whole factor f = size / L, output voxel f * i + r reads source voxels i - 1 + d and i + d for a fixed d and
+    weight per phase r, so each phase is one slice of an edge-padded array (no gathers)."""
     out = np.asarray(low_res, dtype=np.float32)
     for axis in range(3):
         n = out.shape[axis]
-        source = np.maximum((np.arange(size, dtype=np.float32) + 0.5) * np.float32(n / size) - 0.5, 0)
-        lower = np.floor(source).astype(np.intp)
-        upper = np.minimum(lower + 1, n - 1)
-        weight = (source - lower).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
-        below = out.take(lower, axis=axis)
-        out = below + (out.take(upper, axis=axis) - below) * weight
+        factor = size // n
+        if factor * n != size:
+            raise ValueError(f"upsample_logits needs a whole factor: {n} -> {size}")
+        padded = np.concatenate([out.take([0], axis), out, out.take([n - 1], axis)], axis=axis)  # edges clamp
+        shape = list(out.shape)
+        shape[axis] = size
+        result = np.empty(shape, dtype=np.float32)
+        for phase in range(factor):
+            source = np.float32((phase + 0.5) / factor - 0.5)  # position of output f*i + phase, minus i
+            lower = int(np.floor(source))  # -1 or 0
+            weight = np.float32(source - lower)
+            below = _axis_slice(padded, axis, lower + 1, n)  # padded index lower + 1 + i = source index lower + i
+            above = _axis_slice(padded, axis, lower + 2, n)
+            index = [slice(None)] * 3
+            index[axis] = slice(phase, None, factor)
+            result[tuple(index)] = below + (above - below) * weight
+        out = result
     return out
+
+
+def _axis_slice(array: np.ndarray, axis: int, start: int, count: int) -> np.ndarray:
+    index = [slice(None)] * array.ndim
+    index[axis] = slice(start, start + count)
+    return array[tuple(index)]
 
 
 def block_mean(array: np.ndarray, side: int) -> np.ndarray:

@@ -28,3 +28,24 @@ def test_paste_back_of_the_positive_region_only_gives_the_same_mask(region):
     assert values_small.size < values.size / 4
     assert full.sum() > 1000
     np.testing.assert_array_equal(small, full)
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_numpy_upsampling_and_pooling_match_torch(side):
+    """The Segmenter's numpy resampling between the model's low-res grid and the window equals PyTorch's
+    trilinear (align_corners=False) and adaptive average pooling, which the model was trained with."""
+    import torch
+    import torch.nn.functional as F
+
+    from medsam3d.preprocess import block_mean, upsample_logits
+
+    rng = np.random.default_rng(side)
+    low = (rng.standard_normal((side,) * 3) * 10).astype(np.float32)
+    want = F.interpolate(torch.from_numpy(low)[None, None], size=(128,) * 3, mode="trilinear",
+                         align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(upsample_logits(low, 128), want, atol=2e-5)
+    full = rng.standard_normal((128,) * 3).astype(np.float32)
+    pooled = F.adaptive_avg_pool3d(torch.from_numpy(full)[None, None], (side,) * 3)[0, 0].numpy()
+    np.testing.assert_allclose(block_mean(full, side), pooled, atol=1e-6)
+    with pytest.raises(ValueError, match="whole factor"):
+        upsample_logits(low, 100)
