@@ -30,6 +30,7 @@ from slicer.util import VTKObservationMixin
 PROTOCOL_VERSION = 1  # the worker protocol this module speaks (medsam3d/serve/protocol.py)
 SETTINGS_EXECUTABLE = "MedSAM3D/executable"
 SETTINGS_THREADS = "MedSAM3D/threads"
+SETTINGS_INCREMENTAL = "MedSAM3D/incremental"
 
 
 class MedSAM3D(ScriptedLoadableModule):
@@ -182,12 +183,13 @@ class MedSAM3DLogic(ScriptedLoadableModuleLogic):
         qt.QSettings().setValue(SETTINGS_EXECUTABLE, path or "")
 
     # -------------------------------------------------------------- worker
-    def start_worker(self, executable=None, threads=2, extra_args=()):
-        """Start the worker in the background; ``state`` becomes "ready" when it has loaded its model."""
+    def start_worker(self, executable=None, threads=2, incremental=False, extra_args=()):
+        """Start the worker in the background; ``state`` becomes "ready" when it has loaded its model.
+        ``incremental``: a click re-decodes only the windows around it (faster on large organs)."""
         self.stop_worker()
         # --backend auto: ONNX Runtime (no torch in the worker either, faster clicks) when medsam3d[onnx] is there
         command = [executable or self.executable(), "serve", "--stdio", "--threads", str(int(threads)),
-                   "--backend", "auto", *extra_args]
+                   "--backend", "auto", "--incremental" if incremental else "--every-window", *extra_args]
         self.client = WorkerClient(command, log=self.on_log)
         self.client.start()
         self._set_state("starting the worker (loading its model)")
@@ -366,6 +368,7 @@ class MedSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = qt.QSettings()
         self.ui.executablePathLineEdit.currentPath = settings.value(SETTINGS_EXECUTABLE, "") or ""
         self.ui.threadsSpinBox.value = int(settings.value(SETTINGS_THREADS, 2) or 2)
+        self.ui.incrementalCheckBox.checked = str(settings.value(SETTINGS_INCREMENTAL, "false")).lower() == "true"
 
         self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
@@ -399,7 +402,9 @@ class MedSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = qt.QSettings()
         settings.setValue(SETTINGS_EXECUTABLE, self.ui.executablePathLineEdit.currentPath)
         settings.setValue(SETTINGS_THREADS, self.ui.threadsSpinBox.value)
-        self._guard(lambda: self.logic.start_worker(threads=self.ui.threadsSpinBox.value))
+        settings.setValue(SETTINGS_INCREMENTAL, "true" if self.ui.incrementalCheckBox.checked else "false")
+        self._guard(lambda: self.logic.start_worker(threads=self.ui.threadsSpinBox.value,
+                                                    incremental=self.ui.incrementalCheckBox.checked))
         if self.ui.volumeSelector.currentNode() is not None:
             self.onVolumeChanged(self.ui.volumeSelector.currentNode())
 
