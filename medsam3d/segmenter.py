@@ -9,7 +9,10 @@ interactive sessions of ``medsam3d serve`` (``session.py``) are thin layers over
 Per prompt set: choose a 128^3 model-space window around the prompts (or reuse a cached one that holds them),
 encode it once (cached), decode, bring the logits back onto the scan's grid. If the object touches the window's
 border it grows into neighbouring windows centred on that border, seeded with the mask so far, until it stops
-touching or ``max_windows`` is reached.
+touching or ``max_windows`` is reached. A refinement decodes every window again, or, with ``incremental=True``,
+only the last answer's windows that hold its newest click, keeping the others' answers (``Result.memory``).
+
+The network runs behind a backend (``backends/``: PyTorch, or ONNX Runtime without torch); everything here is numpy.
 """
 
 from __future__ import annotations
