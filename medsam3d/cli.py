@@ -143,7 +143,8 @@ def _segmenter(model: str, checkpoint: Optional[Path], device: str, threads: Opt
 
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device, backend), threads=threads,
+    backend, device = _backend_and_device(backend, device, model, checkpoint)
+    segmenter = Segmenter(model=model, checkpoint=checkpoint, device=device, threads=threads,
                           max_windows=max_windows, backend=backend)
     if spinner:  # a spinner on the terminal for the slow steps (nothing when stderr is not a terminal)
         segmenter.on_step = lambda name: err.status(name, spinner="dots")
@@ -274,8 +275,8 @@ def _evaluation_methods(model: Optional[str], checkpoint: Optional[Path], device
     if model is not None:
         from .segmenter import Segmenter
 
-        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=_device(device, backend), threads=threads,
-                              backend=backend)
+        backend, device = _backend_and_device(backend, device, model, checkpoint)
+        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=device, threads=threads, backend=backend)
         name = getattr(segmenter.model, "name", model)
         methods[name] = ModelMethod(segmenter, name)
         extra["checkpoint_sha256"] = segmenter.weights_sha256
@@ -328,8 +329,8 @@ def serve(
             raise InputError(str(exc)) from None
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    worker = Worker.for_model(model, str(checkpoint) if checkpoint else None, _device(device, backend), threads,
-                              backend, incremental)
+    backend, device = _backend_and_device(backend, device, model, checkpoint)
+    worker = Worker.for_model(model, str(checkpoint) if checkpoint else None, device, threads, backend, incremental)
     if stdio:
         raise typer.Exit(serve_stdio(worker))
 
@@ -481,12 +482,18 @@ def _objects_from_options(point, negative, box, prompts_file, frame) -> list[dic
     }]
 
 
-def _device(name: str, backend: str = "torch") -> str:
-    import importlib.util
+def _backend_and_device(backend: str, device: str, model, checkpoint) -> tuple[str, str]:
+    """--backend and --device -> the backend that runs (auto decided) and its device. onnxruntime runs on the CPU,
+    decided without importing torch; torch resolves --device auto to a GPU when there is one."""
+    from .backends import choose_backend
 
-    # onnxruntime runs on the CPU: decided without importing torch (auto takes it whenever it is installed)
-    if backend == "onnxruntime" or (backend == "auto" and importlib.util.find_spec("onnxruntime") is not None):
-        return "cpu" if name == "auto" else name
+    backend = choose_backend(backend, model, checkpoint, device)
+    if backend == "onnxruntime":
+        return backend, "cpu" if device == "auto" else device
+    return backend, _device(device)
+
+
+def _device(name: str) -> str:
     import torch
 
     if name == "auto":

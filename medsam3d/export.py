@@ -249,6 +249,8 @@ def check_bundle(model: PromptableModel3D, folder: str | os.PathLike, tolerance:
 
     The decoder graph gets the encoder graph's outputs, so the logits' difference is the whole path's. Past
     ``tolerance`` (None: measure only) an InputError names the graph, the prompts and the difference."""
+    from .evaluation.metrics import dice  # imported here: MONAI's import costs ~2 s that export's others need not pay
+
     ort = _onnxruntime()  # model: float32, on the CPU, in eval mode (export_onnx passes such a copy)
     folder = Path(folder)
     options = ort.SessionOptions()
@@ -288,7 +290,7 @@ def check_bundle(model: PromptableModel3D, folder: str | os.PathLike, tolerance:
                 continue
             label = f"{name}, multimask {'on' if multimask else 'off'}"
             worst.update({k: (d, label) for k, d in diffs.items() if not d <= worst[k][0]})
-            dice_min = min(dice_min, _dice(onnx_logits > 0, logits.numpy() > 0))
+            dice_min = min(dice_min, dice(onnx_logits > 0, logits.numpy() > 0))
     for key, (diff, label) in worst.items():
         _within(tolerance, diff, f"decoder.onnx: the {key} for '{label}'")
     return {"embedding_max_abs_diff": emb_diff, "logits_max_abs_diff": worst["logits"][0],
@@ -302,11 +304,6 @@ def _diff(a, b) -> float:
     if a.shape != b.shape:
         raise InputError(f"an ONNX output has shape {a.shape}, PyTorch's {b.shape}")
     return float(np.abs(a - b).max()) if np.isfinite(a).all() and np.isfinite(b).all() else float("inf")
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def _within(tolerance: Optional[float], diff: float, what: str) -> None:

@@ -51,7 +51,9 @@ class WindowAnswer:
 
     low_res: np.ndarray  # (L, L, L) the model's logits: the mask prompt of the window's next decode
     box: tuple  # (slice, slice, slice): where on the scan's grid ``inside`` lies
-    inside: np.ndarray  # np.packbits of the thresholded mask in ``box`` (C order)
+    # np.packbits of the thresholded mask in ``box`` (C order): kept by an incremental Segmenter only, the one
+    # that reuses it; None otherwise
+    inside: Optional[np.ndarray]
     iou: float  # the model's predicted IoU
 
     def mask(self) -> np.ndarray:
@@ -187,7 +189,7 @@ class Segmenter:
         previous = [(self._memory[w.center_lps].low_res if w.center_lps in self._memory
                      else self._carried_over(w)) if refine else None for w in planned]
         self._memory = dict(kept)  # from now on: this prediction's windows only
-        pieces: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
+        pieces: list[tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]] = []  # (box, logits, logits > 0)
         windows = [Window(c, self.size) for c in kept]
         # (window, prior mask so far for a grown window, previous logits for a planned one)
         queue: list[tuple[Window, Optional[np.ndarray], Optional[np.ndarray]]] = [
@@ -197,21 +199,25 @@ class Segmenter:
             logits128, low_res, iou = self._predict_window(window, prompts, prior, prev, timings)
             t0 = time.perf_counter()
             box, logits = paste_back(logits128, window, volume, positive_only=not probabilities)
-            pieces.append((box, logits))
-            self._memory[window.center_lps] = WindowAnswer(low_res, box, np.packbits(logits > 0), iou)
+            inside = logits > 0
+            pieces.append((box, logits, inside))
+            self._memory[window.center_lps] = WindowAnswer(low_res, box,
+                                                           np.packbits(inside) if self.incremental else None, iou)
             timings["resample"] += time.perf_counter() - t0
             windows.append(window)
             for grown, seed in self._growth(window, logits128):
                 if all(np.linalg.norm(np.subtract(grown.center_lps, w.center_lps)) > self.size * 0.375 *
                        grown.spacing for w in windows + [q[0] for q in queue]):
                     queue.append((grown, seed, None))
-        return self._assemble(pieces, windows, probabilities, timings)
+        return self._assemble(pieces, kept, windows, probabilities, timings)
 
     def _kept_answers(self, prompts: Prompts) -> dict[tuple, WindowAnswer]:
         """For an incremental refinement: the last answer's windows that its newest click is not in, kept as they
         are; empty (decode as usual) when no window of the last answer holds that click."""
         if not len(prompts.points) or prompts.box is not None or prompts.mask is not None:
             return {}
+        if any(answer.inside is None for answer in self._memory.values()):
+            return {}  # an answer of a Segmenter that was not incremental: nothing to keep
         newest = self.volume.ijk_to_lps(prompts.points[-1:])
         holding = [c for c in self._memory if Window(c, self.size).contains(newest)]
         if not holding:
@@ -403,21 +409,19 @@ class Segmenter:
         box = window.footprint(self.volume)
         return all(s.stop - s.start > 0 for s in box)
 
-    def _assemble(self, pieces, windows, probabilities: bool, timings) -> Result:
-        """The new pieces (box, logits) and the kept windows' masks -> the answer on the scan's grid."""
+    def _assemble(self, pieces, kept: dict, windows, probabilities: bool, timings) -> Result:
+        """The new pieces (box, logits, logits > 0) and the kept windows' masks -> the answer on the scan's grid."""
         volume = self.volume
         mask = zeros_ijk(volume.shape, np.uint8)
         prob = zeros_ijk(volume.shape, np.float32) if probabilities else None
-        for box, logits in pieces:
+        for box, logits, inside in pieces:
             if logits.size == 0:
                 continue
-            mask[box] |= (logits > 0).astype(np.uint8)
+            mask[box] |= inside
             if prob is not None:
                 np.maximum(prob[box], 1.0 / (1.0 + np.exp(-logits)), out=prob[box])
-        fresh = {w.center_lps for w in windows[len(windows) - len(pieces):]}
-        for center, answer in self._memory.items():
-            if center not in fresh and answer.inside.size:
-                mask[answer.box] |= answer.mask()
+        for answer in kept.values():
+            mask[answer.box] |= answer.mask()
         ious = [self._memory[w.center_lps].iou for w in windows]
         return Result(volume.with_array(mask), volume.with_array(prob) if prob is not None else None, windows,
                       ious, timings, dict(self._memory))

@@ -51,12 +51,9 @@ def open_backend(kind: str, model: Any = "default", checkpoint: Optional[str | P
     """-> (backend, sha256 of its weights when known). ``model``: "default", a stored name, a registry name with a
     checkpoint, an exported ONNX bundle directory (onnxruntime), or an object (a ``PromptableModel3D`` or a
     test stand-in: wrapped for the torch backend; a ready backend: used as it is)."""
-    if kind not in BACKENDS:
-        raise InputError(f"unknown backend {kind!r}; choose one of: {', '.join(BACKENDS)}")
     if hasattr(model, "using_threads"):
         return model, None
-    if kind == "auto":
-        kind = "onnxruntime" if onnxruntime_can_run(model, checkpoint, device) else "torch"
+    kind = choose_backend(kind, model, checkpoint, device)
     if kind == "onnxruntime":
         if not isinstance(model, (str, Path)):
             raise InputError("the onnxruntime backend takes a model name or an ONNX bundle directory")
@@ -75,19 +72,33 @@ def open_backend(kind: str, model: Any = "default", checkpoint: Optional[str | P
     return TorchBackend(built, device), sha
 
 
+def choose_backend(kind: str, model: Any, checkpoint: Optional[str | Path], device: str) -> str:
+    """``kind`` as asked -> "torch" or "onnxruntime". ``auto`` takes onnxruntime where it can run the model
+    (``device`` "cpu", or "auto" not yet resolved: the CPU path is preferred), else torch."""
+    if kind not in BACKENDS:
+        raise InputError(f"unknown backend {kind!r}; choose one of: {', '.join(BACKENDS)}")
+    if kind != "auto":
+        return kind
+    can_run = device in ("cpu", "auto") and onnxruntime_can_run(model, checkpoint, "cpu")
+    return "onnxruntime" if can_run else "torch"
+
+
 def onnxruntime_can_run(model: Any, checkpoint: Optional[str | Path], device: str) -> bool:
-    """Whether ``--backend auto`` takes onnxruntime: it is installed, the device is the CPU, and the model is an
-    ONNX bundle (the packaged default's, or a directory) rather than PyTorch weights."""
+    """Whether onnxruntime can run ``model``: it is installed, the device is the CPU, and the model is an ONNX
+    bundle (the packaged default's, or a directory) rather than PyTorch weights."""
     import importlib.util
 
     if checkpoint is not None or device != "cpu" or not isinstance(model, (str, Path)):
         return False
     if importlib.util.find_spec("onnxruntime") is None:
         return False
-    from .onnx_backend import PACKAGED_BUNDLE
+    from .onnx_backend import bundle_directory
 
-    bundle = PACKAGED_BUNDLE if str(model) == "default" else Path(model).expanduser()
-    return (bundle / "model.json").is_file()
+    try:
+        bundle_directory(model)
+    except InputError:
+        return False
+    return True
 
 
 def prompt_tokens(points: Optional[np.ndarray], labels: Optional[np.ndarray], box: Optional[np.ndarray]

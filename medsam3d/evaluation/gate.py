@@ -339,14 +339,12 @@ def remeasure_default(config: GateConfig, weights_dir: Path, docs_dir: Path, thr
     """Measure the packaged default again with the code as it is (same weights) and re-record its numbers: for a
     change to the Segmenter (``segmenter.REVISION``) or the protocol, not for a new model. -> its new record."""
     from ..io import write_text_atomic
-    from ..segmenter import Segmenter
     from .protocol import PROTOCOL
 
     record = current_default(weights_dir)
     if record is None:
         raise InputError(f"{weights_dir} holds no default.json to measure again")
-    seg = Segmenter(model=str(weights_dir / "default.yaml"), checkpoint=weights_dir / "default.pt", device=device,
-                    threads=threads)
+    seg = _default_segmenter(weights_dir, device, threads)
     results = run_suites(seg, config, baselines=True, log=log)
     numbers = summary(results, config, fingerprint(config, PROTOCOL))
     if config.example is not None:
@@ -388,8 +386,7 @@ def run_gate(source: Path, checkpoint: Optional[Path], config: GateConfig, weigh
                 log(f"current default: held-out numbers from its record (fingerprint {key})")
             else:  # protocol, suites or data changed since it was measured: measure it again, the same way
                 log("current default: measured again (its record predates this protocol, suite or data)")
-                seg = Segmenter(model=str(weights_dir / "default.yaml"), checkpoint=weights_dir / "default.pt",
-                                device=device, threads=threads)
+                seg = _default_segmenter(weights_dir, device, threads)
                 current_dice = model_dice(run_suites(seg, config, baselines=False, log=log), config.clicks)
         seg = Segmenter(model=str(_spec_file(candidate, staging)), checkpoint=candidate.weights, device=device,
                         threads=threads)
@@ -409,6 +406,14 @@ def run_gate(source: Path, checkpoint: Optional[Path], config: GateConfig, weigh
         return decision
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _default_segmenter(weights_dir: Path, device: str, threads: Optional[int]):
+    """A Segmenter on the packaged default in ``weights_dir`` (default.yaml + default.pt), as the gate measures it."""
+    from ..segmenter import Segmenter
+
+    return Segmenter(model=str(weights_dir / "default.yaml"), checkpoint=weights_dir / "default.pt", device=device,
+                     threads=threads)
 
 
 def _spec_file(candidate: Candidate, staging: Path) -> Path:

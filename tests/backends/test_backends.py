@@ -159,3 +159,17 @@ def test_serve_auto_reports_its_backend():
 
     hello = Worker.for_model("default", threads=1, backend="auto", incremental=True).handle({"cmd": "hello", "id": 1})
     assert hello["ok"] and hello["backend"] == "onnxruntime" and hello["incremental"] is True
+
+
+def test_auto_is_decided_before_the_device():
+    """--backend auto with --device auto picks the CPU path only for a model onnxruntime can run; PyTorch weights
+    keep torch (and so a GPU where there is one)."""
+    from medsam3d.backends import choose_backend
+    from medsam3d.errors import InputError
+
+    assert choose_backend("auto", "default", None, "auto") == "onnxruntime"
+    assert choose_backend("auto", "default", "weights.pt", "auto") == "torch"
+    assert choose_backend("auto", "default", None, "cuda") == "torch"
+    assert choose_backend("torch", "default", None, "auto") == "torch"
+    with pytest.raises(InputError, match="unknown backend"):
+        choose_backend("tensorrt", "default", None, "cpu")
