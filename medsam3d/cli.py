@@ -59,6 +59,11 @@ _THREADS = typer.Option(None, "--threads", help="CPU threads")
 _BACKEND = typer.Option("torch", "--backend", help="torch; onnxruntime: the CPU path without torch (the packaged "
                                                    "default, or --model an exported ONNX bundle; medsam3d[onnx]); "
                                                    "auto: onnxruntime where it can run the model, else torch")
+# how a click refines an object that spans several windows: the same default for `serve` and for `segment`'s click
+# replays, so that replaying a session's clicks gives its masks
+_REFINEMENT = typer.Option(True, "--incremental/--every-window",
+                           help="a click re-decodes only the windows it changes (objects spanning many windows stay "
+                                "click-fast; see the README), or every window of the object")
 
 
 @app.command(help="Segment the structure under the prompts; write a mask with the input's exact geometry."
@@ -85,6 +90,7 @@ def segment(
     backend: str = _BACKEND,
     max_windows: int = typer.Option(8, "--max-windows", min=1,
                                     help="most 128^3 windows an object may grow into"),
+    incremental: bool = _REFINEMENT,
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="also write a float probability map"),
     preview: Optional[Path] = typer.Option(None, "--preview", help="also write a PNG: axial, coronal and sagittal "
                                                                    "slices through the first click, mask outlined"),
@@ -109,7 +115,8 @@ def segment(
         check_job(jobs[0])  # everything that can be checked before the work is checked before the work
     if not mine:  # under torchrun, more ranks than jobs: this one has nothing to do
         return
-    segmenter = _segmenter(model, checkpoint, device, threads, max_windows, backend, spinner=not quiet)
+    segmenter = _segmenter(model, checkpoint, device, threads, max_windows, backend, spinner=not quiet,
+                           incremental=incremental)
     runs, failed = _run_jobs(segmenter, mine, batched=batch is not None, say=say)
     if report:
         _write_report(report, segmenter, model, checkpoint, rank, world, runs, failed, started)
@@ -138,14 +145,14 @@ def _jobs_from_options(batch, frame, input, output, point, negative, box, mask, 
 
 
 def _segmenter(model: str, checkpoint: Optional[Path], device: str, threads: Optional[int], max_windows: int,
-               backend: str, spinner: bool):
+               backend: str, spinner: bool, incremental: bool = False):
     from .segmenter import Segmenter
 
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
     backend, device = _backend_and_device(backend, device, model, checkpoint)
     segmenter = Segmenter(model=model, checkpoint=checkpoint, device=device, threads=threads,
-                          max_windows=max_windows, backend=backend)
+                          max_windows=max_windows, backend=backend, incremental=incremental)
     if spinner:  # a spinner on the terminal for the slow steps (nothing when stderr is not a terminal)
         segmenter.on_step = lambda name: err.status(name, spinner="dots")
     return segmenter
@@ -235,6 +242,9 @@ def evaluate(
     device: str = _DEVICE,
     threads: Optional[int] = _THREADS,
     backend: str = _BACKEND,
+    incremental: bool = typer.Option(False, "--incremental/--every-window",
+                                     help="how a click refines: only the windows it changes (serve's default), or "
+                                          "every window (the model card's numbers)"),
 ) -> None:
     import warnings
 
@@ -251,7 +261,7 @@ def evaluate(
     for path in (out, plot) if plot is not None else (out,):
         check_writable(path.with_suffix(".nii.gz"))  # folder exists and is writable, before any work
     methods, extra = _evaluation_methods(None if no_model else model, checkpoint, device, threads, baselines,
-                                         backend)
+                                         backend, incremental)
     with warnings.catch_warnings(), LiveProgress(err) as progress:
         if not _state["debug"]:  # libraries' warnings (scikit-image's "probability range", ...) only with --debug
             warnings.simplefilter("ignore")
@@ -266,7 +276,7 @@ def evaluate(
 
 
 def _evaluation_methods(model: Optional[str], checkpoint: Optional[Path], device: str, threads: Optional[int],
-                        baselines: bool, backend: str = "torch") -> tuple[dict, dict]:
+                        baselines: bool, backend: str = "torch", incremental: bool = False) -> tuple[dict, dict]:
     """-> ({name: method}, keys added to the results): the model first (unless ``model`` is None), then the
     baselines."""
     from .evaluation.methods import ModelMethod, RandomWalker, RegionGrowing
@@ -276,11 +286,13 @@ def _evaluation_methods(model: Optional[str], checkpoint: Optional[Path], device
         from .segmenter import Segmenter
 
         backend, device = _backend_and_device(backend, device, model, checkpoint)
-        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=device, threads=threads, backend=backend)
+        segmenter = Segmenter(model=model, checkpoint=checkpoint, device=device, threads=threads, backend=backend,
+                              incremental=incremental)
         name = getattr(segmenter.model, "name", model)
         methods[name] = ModelMethod(segmenter, name)
         extra["checkpoint_sha256"] = segmenter.weights_sha256
         extra["backend"] = backend
+        extra["refinement"] = "incremental" if incremental else "every window"
     if baselines:
         methods.update({"region_growing": RegionGrowing(), "random_walker": RandomWalker()})
     return methods, extra
@@ -310,9 +322,7 @@ def serve(
     device: str = _DEVICE,
     threads: Optional[int] = _THREADS,
     backend: str = _BACKEND,
-    incremental: bool = typer.Option(False, "--incremental/--every-window",
-                                     help="a click re-decodes only the windows that hold it (objects spanning many "
-                                          "windows stay click-fast; see the README) or every window of the object"),
+    incremental: bool = _REFINEMENT,
 ) -> None:
     from .serve.transport import parse_address, serve_socket, serve_stdio, token_from_env_or
     from .serve.worker import Worker

@@ -10,6 +10,7 @@ logits are resampled back onto the user's own grid, inside the window's footprin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -73,27 +74,23 @@ def crop_window(source: sitk.Image, window: Window, fill: float) -> np.ndarray:
 
 
 def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: float = OUTSIDE_LOGIT,
-               positive_only: bool = False) -> tuple[tuple[slice, slice, slice], np.ndarray]:
-    """Window logits (size^3, model space) -> logits on ``volume``'s own grid inside the window's footprint.
+               positive_only: bool = False, offset: tuple = (0, 0, 0)) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """Window logits (model space) -> logits on ``volume``'s own grid inside their footprint.
 
-    Returns the index box and the float32 logits there (linear interpolation; ``outside`` beyond the window).
-    ``positive_only`` shrinks the box to the footprint of the window voxels with logits > 0, padded by one voxel:
-    any point outside it interpolates only non-positive values, so the thresholded mask is unchanged.
+    ``logits``: the whole window (size^3), or a block of it whose voxel 0 is window voxel ``offset`` (then the
+    footprint is the block's). Returns the index box and the float32 logits there (linear interpolation;
+    ``outside`` beyond the window). ``positive_only`` shrinks the box to the footprint of the voxels with logits >
+    0, padded by one voxel: any point outside it interpolates only non-positive values, so the thresholded mask is
+    unchanged.
     """
-    src_lo = np.zeros(3, dtype=int)  # the window voxels handed to the resampler: all, or the positive box
+    src_lo = np.asarray(offset, dtype=int)  # the window voxels handed to the resampler: all, or the positive box
     if positive_only:
-        inside = logits > 0
-        spans = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        if not len(spans[0]):
+        lo, logits = positive_part(logits)
+        if logits is None:
             return tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
-        src_lo = np.maximum([span[0] - 1 for span in spans], 0)
-        src_hi = np.minimum([span[-1] + 1 for span in spans], window.size - 1)
-        box = window.footprint(volume, tuple(src_lo), tuple(src_hi))
-        # outside this box every window voxel is <= 0, and so is anything interpolated from them: cropping the
-        # source to it leaves the thresholded mask unchanged and saves converting the whole window
-        logits = logits[tuple(slice(a, b + 1) for a, b in zip(src_lo, src_hi))]
-    else:
-        box = window.footprint(volume)
+        src_lo = src_lo + lo
+    src_hi = src_lo + np.asarray(logits.shape) - 1
+    box = window.footprint(volume, tuple(int(v) for v in src_lo), tuple(int(v) for v in src_hi))
     lo = np.array([s.start for s in box])
     size = [s.stop - s.start for s in box]
     if min(size) <= 0:
@@ -117,21 +114,67 @@ def mask_to_window(mask: np.ndarray, volume: Volume, window: Window) -> np.ndarr
     return crop_window(image, window, 0.0)
 
 
-def upsample_logits(low_res: np.ndarray, size: int) -> np.ndarray:
+def positive_part(logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The block of ``logits`` around its voxels > 0, padded by one voxel (clipped) -> (its first voxel (3,), the
+    block), or (zeros, None) when no voxel is > 0. Outside it every value is <= 0, and so is anything interpolated
+    from them, so pasting the block alone gives the same thresholded mask."""
+    inside = logits > 0
+    spans = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if not len(spans[0]):
+        return np.zeros(3, dtype=int), None
+    lo = np.maximum([span[0] - 1 for span in spans], 0)
+    hi = np.minimum([span[-1] + 2 for span in spans], logits.shape)
+    return lo, logits[tuple(slice(a, b) for a, b in zip(lo, hi))]
+
+
+def positive_logits(low_res: np.ndarray, size: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """``positive_part(upsample_logits(low_res, size))`` without upsampling the whole window: an upsampled voxel
+    mixes the (L, L, L) voxels next to it only, so its voxels > 0 lie within one low-res voxel of theirs."""
+    inside = low_res > 0
+    if not inside.any():
+        return np.zeros(3, dtype=int), None
+    factor = size // low_res.shape[0]
+    spans = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    # upsampled voxels of low-res voxels span[0] - 1 .. span[-1] + 1 hold every voxel > 0 and the one beyond
+    start = np.maximum([factor * (span[0] - 1) for span in spans], 0)
+    stop = np.minimum([factor * (span[-1] + 2) for span in spans], size)
+    lo, part = positive_part(upsample_logits(low_res, size, start, stop))
+    return (start + lo, part) if part is not None else (lo, None)
+
+
+def upsample_logits(low_res: np.ndarray, size: int, start: Optional[Sequence[int]] = None,
+                    stop: Optional[Sequence[int]] = None) -> np.ndarray:
     """(L, L, L) logits -> (size, size, size) float32 by trilinear interpolation with half-pixel centres (PyTorch's
-    ``interpolate(..., mode="trilinear", align_corners=False)``, to float rounding), one axis at a time.
+    ``interpolate(..., mode="trilinear", align_corners=False)``, to float rounding), one axis at a time; with
+    ``start``/``stop``, only the output voxels [start, stop) (the same values, computed from the low-res voxels
+    they read).
 
     For a whole factor f = size / L, output voxel f * i + r reads source voxels i - 1 + d and i + d for a fixed d and
     weight per phase r, so each phase is one slice of an edge-padded array (no gathers)."""
     out = np.asarray(low_res, dtype=np.float32)
+    factor = size // out.shape[0]
+    if factor * out.shape[0] != size or out.shape[1:] != out.shape[:1] * 2:
+        raise ValueError(f"upsample_logits needs a cube and a whole factor: {out.shape} -> {size}")
+    if start is None and stop is None:
+        return _upsample(out, factor)
+    start = np.zeros(3, int) if start is None else np.asarray(start, int)
+    stop = np.full(3, size) if stop is None else np.asarray(stop, int)
+    # low-res voxels first..last-1 give outputs f*first .. f*last - 1; the outer ones see edge padding instead of
+    # their neighbour, so take one low-res voxel of context beyond the outputs wanted, unless it is the real edge
+    first = np.maximum(start // factor - 1, 0)
+    last = np.minimum((stop - 1) // factor + 2, out.shape[0])
+    block = _upsample(out[tuple(slice(a, b) for a, b in zip(first, last))], factor)
+    return np.ascontiguousarray(block[tuple(slice(a - factor * f, b - factor * f)
+                                            for a, b, f in zip(start, stop, first))])
+
+
+def _upsample(out: np.ndarray, factor: int) -> np.ndarray:
+    """Each axis of ``out`` ``factor`` times longer (``upsample_logits``), edges clamped."""
     for axis in range(3):
         n = out.shape[axis]
-        factor = size // n
-        if factor * n != size:
-            raise ValueError(f"upsample_logits needs a whole factor: {n} -> {size}")
         padded = np.concatenate([out.take([0], axis), out, out.take([n - 1], axis)], axis=axis)  # edges clamp
         shape = list(out.shape)
-        shape[axis] = size
+        shape[axis] = n * factor
         result = np.empty(shape, dtype=np.float32)
         for phase in range(factor):
             source = np.float32((phase + 0.5) / factor - 0.5)  # position of output f*i + phase, minus i

@@ -9,8 +9,9 @@ interactive sessions of ``medsam3d serve`` (``session.py``) are thin layers over
 Per prompt set: choose a 128^3 model-space window around the prompts (or reuse a cached one that holds them),
 encode it once (cached), decode, bring the logits back onto the scan's grid. If the object touches the window's
 border it grows into neighbouring windows centred on that border, seeded with the mask so far, until it stops
-touching or ``max_windows`` is reached. A refinement decodes every window again, or, with ``incremental=True``,
-only the last answer's windows that hold its newest click, keeping the others' answers (``Result.memory``).
+touching or ``max_windows`` is reached. A refinement decodes every window again, or, with ``incremental=True``
+(``medsam3d serve``'s default), only the windows its newest click changes, keeping the others' answers
+(``Result.memory``; ``_incremental_plan``).
 
 The network runs behind a backend (``backends/``: PyTorch, or ONNX Runtime without torch); everything here is numpy.
 """
@@ -31,7 +32,7 @@ from .errors import InputError
 from .io import Volume, nifti_header, read_sitk, zeros_ijk
 from .intensity import check_modality, guess_modality, normalise
 from .preprocess import (INSIDE_LOGIT, OUTSIDE_LOGIT, Window, block_mean, crop_window, mask_to_window, paste_back,
-                         upsample_logits)
+                         positive_logits, upsample_logits)
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
@@ -59,6 +60,15 @@ class WindowAnswer:
     def mask(self) -> np.ndarray:
         shape = tuple(s.stop - s.start for s in self.box)
         return np.unpackbits(self.inside, count=int(np.prod(shape))).reshape(shape)
+
+    def holds(self, ijk: np.ndarray) -> bool:
+        """Whether this window's mask holds the scan voxel nearest to ``ijk`` (3,)."""
+        index = np.rint(ijk).astype(int) - [s.start for s in self.box]
+        shape = [s.stop - s.start for s in self.box]
+        if ((index < 0) | (index >= shape)).any():
+            return False
+        flat = int(np.ravel_multi_index(tuple(index), shape))
+        return bool(self.inside[flat // 8] >> (7 - flat % 8) & 1)
 
 
 @dataclass
@@ -181,9 +191,8 @@ class Segmenter:
     def _predict_prompts(self, prompts: Prompts, probabilities: bool, refine: bool) -> Result:
         volume = self.volume
         timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
-        kept = self._kept_answers(prompts) if refine and self.incremental and not probabilities else {}
-        planned = ([Window(c, self.size) for c in self._memory if c not in kept] if kept
-                   else self._plan_windows(prompts, refine))
+        plan = self._incremental_plan(prompts) if refine and self.incremental and not probabilities else None
+        kept, planned = plan if plan is not None else ({}, self._plan_windows(prompts, refine))
         # each planned window starts from the last prediction's logits there, or, where the clicks have moved on
         # to a new window, from the last prediction carried over into it
         previous = [(self._memory[w.center_lps].low_res if w.center_lps in self._memory
@@ -196,33 +205,54 @@ class Segmenter:
             (w, None, prev) for w, prev in zip(planned, previous)]
         while queue and len(windows) < max(self.max_windows, len(planned) + len(kept)):
             window, prior, prev = queue.pop(0)
-            logits128, low_res, iou = self._predict_window(window, prompts, prior, prev, timings)
+            low_res, iou = self._predict_window(window, prompts, prior, prev, timings)
             t0 = time.perf_counter()
-            box, logits = paste_back(logits128, window, volume, positive_only=not probabilities)
+            # the window's logits (window space) where the scan needs them: all of them for probabilities, else
+            # the block around the voxels > 0 (``offset``: its first voxel), which is all a mask needs
+            if probabilities:
+                offset, logits128 = np.zeros(3, dtype=int), upsample_logits(low_res, self.size)
+            else:
+                offset, logits128 = positive_logits(low_res, self.size)
+            if logits128 is None:
+                box, logits = tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
+            else:
+                box, logits = paste_back(logits128, window, volume, offset=offset)
             inside = logits > 0
             pieces.append((box, logits, inside))
             self._memory[window.center_lps] = WindowAnswer(low_res, box,
                                                            np.packbits(inside) if self.incremental else None, iou)
             timings["resample"] += time.perf_counter() - t0
             windows.append(window)
-            for grown, seed in self._growth(window, logits128):
+            for grown, seed in self._growth(window, low_res, offset, logits128):
                 if all(np.linalg.norm(np.subtract(grown.center_lps, w.center_lps)) > self.size * 0.375 *
                        grown.spacing for w in windows + [q[0] for q in queue]):
                     queue.append((grown, seed, None))
         return self._assemble(pieces, kept, windows, probabilities, timings)
 
-    def _kept_answers(self, prompts: Prompts) -> dict[tuple, WindowAnswer]:
-        """For an incremental refinement: the last answer's windows that its newest click is not in, kept as they
-        are; empty (decode as usual) when no window of the last answer holds that click."""
-        if not len(prompts.points) or prompts.box is not None or prompts.mask is not None:
-            return {}
+    def _incremental_plan(self, prompts: Prompts) -> Optional[tuple[dict[tuple, WindowAnswer], list[Window]]]:
+        """For an incremental refinement: the last answer's windows kept as they are, and the windows to decode
+        again for its newest click; None (decode as usual) for anything but a click refining an incremental answer,
+        and when every window would be decoded again anyway (an object in one window: the usual plan moves the
+        window when the clicks near its border).
+
+        A positive click adds to the object: only the window that holds it most centrally is decoded again (the
+        answer is the union of the windows'); one outside every window gets a new window of its own, started from
+        the answer so far (``_carried_over``). A negative click must take its region out of every window whose mask
+        has it, so each of those is decoded again."""
+        if not len(prompts.points) or prompts.box is not None or prompts.mask is not None or not self._memory:
+            return None
         if any(answer.inside is None for answer in self._memory.values()):
-            return {}  # an answer of a Segmenter that was not incremental: nothing to keep
-        newest = self.volume.ijk_to_lps(prompts.points[-1:])
-        holding = [c for c in self._memory if Window(c, self.size).contains(newest)]
-        if not holding:
-            return {}
-        return {c: answer for c, answer in self._memory.items() if c not in holding}
+            return None  # an answer of a Segmenter that was not incremental: nothing to keep
+        newest = self.volume.ijk_to_lps(prompts.points[-1:])  # (1, 3) LPS
+        windows = [Window(c, self.size) for c in self._memory]
+        holding = [w for w in windows if w.contains(newest)]
+        if prompts.labels[-1] == 1:
+            redo = [min(holding, key=lambda w: np.abs(w.lps_to_voxel(newest[0]) - (self.size - 1) / 2).max())] \
+                if holding else [self._window_around(newest[0], newest, refine=False)]
+        else:  # the windows whose mask has the clicked voxel
+            redo = [w for w in holding if self._memory[w.center_lps].holds(prompts.points[-1])]
+        kept = {c: answer for c, answer in self._memory.items() if c not in {w.center_lps for w in redo}}
+        return (kept, redo) if kept and redo else None
 
     # ------------------------------------------------------------------ steps
     def _plan_windows(self, prompts: Prompts, refine: bool) -> list[Window]:
@@ -295,8 +325,10 @@ class Segmenter:
             offset = np.rint(Window(center, size, window.spacing).lps_to_voxel(window.origin_lps)).astype(int)
             if (np.abs(offset) >= size).any():
                 continue
-            full = upsample_logits(answer.low_res, size)
-            np.maximum(carried, _shift(full, offset, fill=OUTSIDE_LOGIT), out=carried)
+            # the old window's voxels src fall on this one's dst: upsample those only (``_shift``'s slices)
+            src = tuple(int(max(o, 0)) for o in offset), tuple(int(size + min(o, 0)) for o in offset)
+            dst = tuple(slice(max(-o, 0), size - max(o, 0)) for o in offset)
+            np.maximum(carried[dst], upsample_logits(answer.low_res, size, *src), out=carried[dst])
         if not (carried > 0).any():
             return None
         return block_mean(carried, self.model.low_res_size)
@@ -317,15 +349,14 @@ class Segmenter:
         return self._embeddings[key]
 
     def _predict_window(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
-                        previous: Optional[np.ndarray], timings: dict) -> tuple[np.ndarray, np.ndarray, float]:
-        """Decode one window -> logits (size^3, model space), the low-res logits (L, L, L) and the predicted IoU."""
+                        previous: Optional[np.ndarray], timings: dict) -> tuple[np.ndarray, float]:
+        """Decode one window -> the low-res logits (L, L, L) and the predicted IoU."""
         features = self._embedding(window, timings)
         t0 = time.perf_counter()
         inputs, multimask = self._decode_inputs(window, prompts, prior, previous)
         low_res, score = self.model.decode(features, multimask=multimask, **inputs)  # (L, L, L), float
-        logits = upsample_logits(low_res, self.size)
         timings["decode"] += time.perf_counter() - t0
-        return logits, low_res, score
+        return low_res, score
 
     def _decode_inputs(self, window: Window, prompts: Prompts, prior: Optional[np.ndarray],
                        previous: Optional[np.ndarray]) -> tuple[dict[str, Optional[np.ndarray]], bool]:
@@ -379,22 +410,29 @@ class Segmenter:
             return block_mean((fraction - 0.5) * INSIDE_LOGIT, self.model.low_res_size)
         return previous
 
-    def _growth(self, window: Window, logits: np.ndarray) -> list[tuple[Window, np.ndarray]]:
-        """Windows to grow into: one per face where the object touches the border (and the scan continues)."""
+    def _growth(self, window: Window, low_res: np.ndarray, start: np.ndarray,
+                block: Optional[np.ndarray]) -> list[tuple[Window, np.ndarray]]:
+        """Windows to grow into: one per face where the object touches the border (and the scan continues).
+
+        ``block``: the window's logits from window voxel ``start`` on, holding every voxel > 0 (None: none);
+        ``low_res``: the whole window's, for the grown windows' priors."""
         grown = []
-        inside = logits > 0
-        if not inside.any():
+        if block is None:
             return grown
+        inside = block > 0
         step = self.size - GROW_OVERLAP
+        logits = None  # the whole window's logits, upsampled once if the object touches a face
         for axis in range(3):
             for side, index in ((-1, 0), (1, self.size - 1)):
-                face = np.take(inside, index, axis=axis)
+                if not start[axis] <= index < start[axis] + block.shape[axis]:
+                    continue  # no voxel > 0 reaches this face
+                face = np.take(inside, index - start[axis], axis=axis)
                 if face.sum() < 4:
                     continue
                 offset = np.zeros(3, dtype=int)
                 # centre the new window on the border region in the other two axes
                 other = [a for a in range(3) if a != axis]
-                centroid = np.argwhere(face).mean(0)
+                centroid = (np.argwhere(face) + start[other]).mean(0)  # window voxels
                 for a, c in zip(other, centroid):
                     offset[a] = int(round(c - (self.size - 1) / 2))
                 offset[axis] = side * step
@@ -402,6 +440,8 @@ class Segmenter:
                 candidate = Window(tuple(float(c) for c in new_center), self.size, window.spacing)
                 if not self._overlaps_volume(candidate):
                     continue
+                if logits is None:
+                    logits = upsample_logits(low_res, self.size)
                 grown.append((candidate, _shift(logits, offset, fill=OUTSIDE_LOGIT)))
         return grown
 

@@ -36,10 +36,10 @@ from benchutil import median_times  # noqa: E402
 
 
 class Client:
-    def __init__(self, threads: int, backend: str, incremental: bool) -> None:
+    def __init__(self, threads: int, backend: str, every_window: bool) -> None:
         self.process = subprocess.Popen([sys.executable, "-m", "medsam3d", "serve", "--stdio", "--threads",
                                          str(threads), "--backend", backend,
-                                         "--incremental" if incremental else "--every-window"],
+                                         "--every-window" if every_window else "--incremental"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.n = 0
 
@@ -65,9 +65,12 @@ def main() -> int:
     parser.add_argument("--objects", default="5,1", help="label values of the objects (default: liver, spleen)")
     parser.add_argument("--clicks", type=int, default=50, help="clicks in all, alternating between the objects")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", default="torch", help="torch or onnxruntime")
-    parser.add_argument("--incremental", action="store_true", help="serve --incremental: a click re-decodes only "
-                                                                   "the windows that hold it")
+    parser.add_argument("--backend", default="auto", help="torch, onnxruntime, or auto (the Slicer module's: "
+                                                          "onnxruntime when installed)")
+    parser.add_argument("--every-window", action="store_true", help="serve --every-window: a click re-decodes every "
+                                                                    "window of the object (default: the worker's "
+                                                                    "incremental refinement)")
+    parser.add_argument("--out", type=Path, help="also write the numbers as JSON")
     args = parser.parse_args()
 
     if args.labels is None:
@@ -91,7 +94,7 @@ def main() -> int:
         io_median = median_times([read_write], 5)[0]
 
         started = time.perf_counter()
-        client = Client(args.threads, args.backend, args.incremental)
+        client = Client(args.threads, args.backend, args.every_window)
         client("hello")
         ready = time.perf_counter() - started
         t0 = time.perf_counter()
@@ -112,7 +115,7 @@ def main() -> int:
                 if found is None:
                     continue
                 point, positive = found
-            use_inline = k % 4 != 1  # every fourth click writes its mask to a file instead
+            use_inline = (k // 2) % 4 != 1  # every fourth click on each object writes its mask to a file instead
             t0 = time.perf_counter()
             client("add_point", session=session, object=name, point=[float(v) for v in point],
                    positive=bool(positive))
@@ -137,7 +140,8 @@ def main() -> int:
     dice = [2 * (m & t).sum() / max(m.sum() + t.sum(), 1) for m, t in zip(masks.values(), targets)]
     after = inline + to_file
     print(f"scan {args.scan.name} {scan_image.GetSize()} at {tuple(round(s, 2) for s in scan_image.GetSpacing())}, "
-          f"{args.threads} thread(s), {args.backend}{', incremental' if args.incremental else ''}, {args.clicks} clicks over {len(names)} objects")
+          f"{args.threads} thread(s), {args.backend}, {'every window' if args.every_window else 'incremental'}, "
+          f"{args.clicks} clicks over {len(names)} objects")
     print("| step | median ms | p95 ms | n |")
     print("|---|---|---|---|")
     print(f"| worker start to hello (torch import, model load) | {ready * 1000:.0f} | | 1 |")
@@ -155,6 +159,19 @@ def main() -> int:
               f"{p95(times) * 1000:.0f} | {len(times)} |")
     print(f"| baseline: SimpleITK read scan + write mask, this process | {io_median * 1000:.0f} | | 5 |")
     print("final Dice per object: " + ", ".join(f"{d:.3f}" for d in dice))
+    if args.out:
+        def ms(values: list[float]) -> dict:
+            return {"median_ms": statistics.median(values) * 1000, "p95_ms": p95(values) * 1000, "n": len(values)}
+
+        args.out.write_text(json.dumps({
+            "scan": str(args.scan), "size": scan_image.GetSize(), "spacing": scan_image.GetSpacing(),
+            "threads": args.threads, "backend": args.backend,
+            "refinement": "every window" if args.every_window else "incremental", "clicks": args.clicks,
+            "hello_ms": ready * 1000, "load_ms": load * 1000, "first_click": ms(first), "click_inline": ms(inline),
+            "click_to_file": ms(to_file), "every_click_after_the_first": ms(after),
+            "per_object": {f"{name} (label {value})": ms(times) for (name, times), value in zip(per_object.items(),
+                                                                                                 values)},
+            "baseline_sitk_read_write_ms": io_median * 1000, "final_dice": [float(d) for d in dice]}, indent=2) + "\n")
     return 0
 
 

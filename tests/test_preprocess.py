@@ -49,3 +49,28 @@ def test_numpy_upsampling_and_pooling_match_torch(side):
     np.testing.assert_allclose(block_mean(full, side), pooled, atol=1e-6)
     with pytest.raises(ValueError, match="whole factor"):
         upsample_logits(low, 100)
+
+
+@pytest.mark.parametrize("side", [32, 64, 128])
+def test_part_of_the_upsampled_window_equals_the_whole_ones_part(side):
+    """Upsampling only a block of the window, or only around the voxels > 0 (what a mask needs), gives exactly the
+    values of the whole window's upsampling there: the Segmenter's answers do not depend on which it did."""
+    from medsam3d.preprocess import positive_logits, positive_part, upsample_logits
+
+    rng = np.random.default_rng(side)
+    low = (rng.standard_normal((side,) * 3) * 4 - 6).astype(np.float32)
+    full = upsample_logits(low, 128)
+    for _ in range(10):
+        start = rng.integers(0, 128, 3)
+        stop = np.minimum(start + rng.integers(1, 128, 3), 128)
+        part = upsample_logits(low, 128, start, stop)
+        np.testing.assert_array_equal(part, full[tuple(slice(a, b) for a, b in zip(start, stop))])
+    for region in [(slice(0, 3), slice(5, 9), slice(side - 4, side)), (slice(side // 3, side // 2),) * 3]:
+        blob = np.full((side,) * 3, -5.0, dtype=np.float32)
+        blob[region] = rng.normal(1.0, 1.0, blob[region].shape)
+        lo, part = positive_logits(blob, 128)
+        want_lo, want = positive_part(upsample_logits(blob, 128))
+        np.testing.assert_array_equal(lo, want_lo)
+        np.testing.assert_array_equal(part, want)
+        assert part.size < 128 ** 3 / 8
+    assert positive_logits(np.full((side,) * 3, -1.0, dtype=np.float32), 128)[1] is None

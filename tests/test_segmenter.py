@@ -17,6 +17,7 @@ import torch
 
 from medsam3d.errors import InputError
 from medsam3d.io import read_volume, write_volume
+from medsam3d.preprocess import Window
 from medsam3d.segmenter import Segmenter
 
 from helpers import (GEOMETRIES, ROD_ENDS, ROD_WINDOW, SPHERE_CENTER_LPS, ThresholdModel, dice, fine_model, long_rod,
@@ -212,6 +213,61 @@ def test_incremental_refinement_redecodes_only_the_windows_holding_the_click(inc
     else:
         assert redone == len(second.windows) >= 3
     assert second.mask.array[click] and not (second.mask.array.astype(bool) & ~rod).any()
+
+
+def _recording_decoded_windows(seg: Segmenter) -> list:
+    """Make ``seg`` record the centre of every window it decodes, in order."""
+    decoded: list = []
+    original = seg._predict_window
+    seg._predict_window = lambda window, *args: decoded.append(window.center_lps) or original(window, *args)
+    return decoded
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_incremental_click_in_overlapping_windows(positive):
+    """A click where two windows overlap: a positive one is decoded in the window that holds it most centrally
+    only (it adds to a union of the windows' masks); a negative one in every window that holds it, as each may
+    hold the region it takes out."""
+    volume, rod = long_rod()
+    seg = Segmenter(model=ThresholdModel(ROD_WINDOW), max_windows=8, incremental=True)
+    seg.set_volume(volume)
+    first = seg.predict(points=[ROD_ENDS[0]])
+    lps = volume.ijk_to_lps(np.argwhere(rod))
+    overlap = [n for n in range(0, len(lps), 97) if sum(w.contains(lps[n]) for w in first.windows) == 2]
+    assert overlap, "the rod's windows overlap"
+    click = tuple(int(v) for v in np.argwhere(rod)[overlap[len(overlap) // 2]])
+    holding = [w for w in first.windows if w.contains(volume.ijk_to_lps(np.array([click])))]
+    distance = [np.abs(w.lps_to_voxel(volume.ijk_to_lps(np.array(click))) - (ROD_WINDOW - 1) / 2).max()
+                for w in holding]
+    decoded = _recording_decoded_windows(seg)
+    second = seg.predict(points=[ROD_ENDS[0], click], labels=[1, int(positive)], refine=True)
+    if positive:
+        assert decoded == [holding[int(np.argmin(distance))].center_lps]
+    else:
+        assert sorted(decoded) == sorted(w.center_lps for w in holding)
+    for center, answer in first.memory.items():
+        if center not in decoded:
+            assert second.memory[center] is answer
+    assert {w.center_lps for w in second.windows} == {w.center_lps for w in first.windows}
+
+
+def test_incremental_click_outside_every_window_gets_a_window_of_its_own():
+    """A click beyond the answer's windows is decoded in a new window around it, started from the answer so far;
+    the other windows' answers are kept as they were (not planned and grown again from scratch)."""
+    volume, rod = long_rod()
+    seg = Segmenter(model=ThresholdModel(ROD_WINDOW), max_windows=2, incremental=True)
+    seg.set_volume(volume)
+    first = seg.predict(points=[ROD_ENDS[0]])
+    assert len(first.windows) == 2
+    far = (20, 20, 300)
+    assert not any(w.contains(volume.ijk_to_lps(np.array([far]))) for w in first.windows)
+    decoded = _recording_decoded_windows(seg)
+    second = seg.predict(points=[ROD_ENDS[0], far], refine=True)
+    assert len(decoded) == 1 and decoded[0] not in first.memory
+    assert Window(decoded[0], ROD_WINDOW).contains(volume.ijk_to_lps(np.array([far])), margin=ROD_WINDOW / 2 - 2)
+    assert all(second.memory[c] is answer for c, answer in first.memory.items())
+    mask = second.mask.array.astype(bool)
+    assert mask[far] and (mask >= first.mask.array.astype(bool)).all() and not (mask & ~rod).any()
 
 
 def test_segmenter_chooses_and_reports_the_modality():

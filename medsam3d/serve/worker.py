@@ -35,7 +35,7 @@ class Worker:
 
     @classmethod
     def for_model(cls, model: str = "default", checkpoint: Optional[str] = None, device: str = "cpu",
-                  threads: Optional[int] = None, backend: str = "torch", incremental: bool = False) -> "Worker":
+                  threads: Optional[int] = None, backend: str = "torch", incremental: bool = True) -> "Worker":
         """Load the model once; every session's Segmenter shares it."""
         from ..backends import open_backend
         from ..segmenter import Segmenter

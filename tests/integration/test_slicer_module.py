@@ -70,7 +70,7 @@ def test_two_objects_through_the_real_worker(module, tmp_path):
     try:
         masks = module.run_scenario(logic, volume_node, segmentation_node, objects)
         assert states[-1].startswith("ready: scan 122x101x30, CT"), states
-        assert logic.hello["protocol"] == module.PROTOCOL_VERSION and logic.hello["incremental"] is False
+        assert logic.hello["protocol"] == module.PROTOCOL_VERSION and logic.hello["incremental"] is True
         # the segments hold what the worker holds, on the scan's (K, J, I) grid
         for (segment_id, mask), name in zip(masks.items(), objects):
             path = tmp_path / f"{name}.nii.gz"

@@ -75,10 +75,26 @@ def test_hello_names_protocol_model_and_licence(worker):
 
 
 def test_two_object_session_equals_segment_replay(worker, tmp_path):
-    """50 clicks alternating between two objects; each object's mask equals `segment` replaying its clicks."""
-    sequences = click_sequences(50)
+    """50 clicks alternating between two objects (the worker's default, incremental refinement); each object's mask
+    equals `segment` replaying its clicks (the same default)."""
+    assert worker("hello")["incremental"] is True
+    session_equals_segment_replay(worker, tmp_path, 50, [])
+
+
+def test_every_window_session_equals_segment_replay(tmp_path):
+    """The other refinement, `serve --every-window`, replays the same with `segment --every-window`."""
+    other = Worker("--every-window")
+    try:
+        assert other("hello")["incremental"] is False
+        session_equals_segment_replay(other, tmp_path, 16, ["--every-window"])
+    finally:
+        assert other.close() == 0
+
+
+def session_equals_segment_replay(worker, tmp_path, clicks: int, segment_args: list[str]) -> None:
+    sequences = click_sequences(clicks)
     session = worker("load", path=str(SCAN))["session"]
-    order = [(name, click) for n in range(25) for name, click in
+    order = [(name, click) for n in range(clicks // 2) for name, click in
              (("liver", sequences["liver"][n]), ("spleen", sequences["spleen"][n]))]
     copies = {name: np.zeros(read_mask(SCAN).shape[::-1], np.uint8) for name in sequences}  # (I, J, K)
     for name, (point, positive) in order:
@@ -95,7 +111,7 @@ def test_two_object_session_equals_segment_replay(worker, tmp_path):
                                    for n, name in enumerate(sequences)]))
     out = tmp_path / "replay.nii.gz"
     subprocess.run([sys.executable, "-m", "medsam3d", "segment", str(SCAN), "--prompts", str(prompts), "-o", str(out),
-                    "--threads", "2", "-q"], check=True)
+                    "--threads", "2", "-q", *segment_args], check=True)
     replay = read_mask(out)  # (K, J, I) label map
     for n, name in enumerate(sequences):
         path = tmp_path / f"{name}.nii.gz"

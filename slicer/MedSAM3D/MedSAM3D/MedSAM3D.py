@@ -183,9 +183,10 @@ class MedSAM3DLogic(ScriptedLoadableModuleLogic):
         qt.QSettings().setValue(SETTINGS_EXECUTABLE, path or "")
 
     # -------------------------------------------------------------- worker
-    def start_worker(self, executable=None, threads=2, incremental=False, extra_args=()):
+    def start_worker(self, executable=None, threads=2, incremental=True, extra_args=()):
         """Start the worker in the background; ``state`` becomes "ready" when it has loaded its model.
-        ``incremental``: a click re-decodes only the windows around it (faster on large organs)."""
+        ``incremental``: a click re-decodes only the windows it changes (the worker's default; False: every window
+        of the object, slower on organs larger than one window)."""
         self.stop_worker()
         # --backend auto: ONNX Runtime (no torch in the worker either, faster clicks) when medsam3d[onnx] is there
         command = [executable or self.executable(), "serve", "--stdio", "--threads", str(int(threads)),
@@ -368,7 +369,7 @@ class MedSAM3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = qt.QSettings()
         self.ui.executablePathLineEdit.currentPath = settings.value(SETTINGS_EXECUTABLE, "") or ""
         self.ui.threadsSpinBox.value = int(settings.value(SETTINGS_THREADS, 2) or 2)
-        self.ui.incrementalCheckBox.checked = str(settings.value(SETTINGS_INCREMENTAL, "false")).lower() == "true"
+        self.ui.incrementalCheckBox.checked = str(settings.value(SETTINGS_INCREMENTAL, "true")).lower() == "true"
 
         self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
