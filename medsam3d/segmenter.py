@@ -32,7 +32,7 @@ from .errors import InputError
 from .io import Volume, nifti_header, read_sitk, zeros_ijk
 from .intensity import check_modality, guess_modality, normalise
 from .preprocess import (INSIDE_LOGIT, OUTSIDE_LOGIT, Window, block_mean, crop_window, mask_to_window, paste_back,
-                         positive_logits, upsample_logits)
+                         paste_mask, positive_logits, upsample_logits)
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
@@ -198,7 +198,8 @@ class Segmenter:
         previous = [(self._memory[w.center_lps].low_res if w.center_lps in self._memory
                      else self._carried_over(w)) if refine else None for w in planned]
         self._memory = dict(kept)  # from now on: this prediction's windows only
-        pieces: list[tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]] = []  # (box, logits, logits > 0)
+        # (box, logits there (probabilities only, else None), logits > 0)
+        pieces: list[tuple[tuple[slice, slice, slice], Optional[np.ndarray], np.ndarray]] = []
         windows = [Window(c, self.size) for c in kept]
         # (window, prior mask so far for a grown window, previous logits for a planned one)
         queue: list[tuple[Window, Optional[np.ndarray], Optional[np.ndarray]]] = [
@@ -215,9 +216,12 @@ class Segmenter:
                 offset, logits128 = positive_logits(low_res, self.size)
             if logits128 is None:
                 box, logits = tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
-            else:
+                inside = logits > 0
+            elif probabilities:
                 box, logits = paste_back(logits128, window, volume, offset=offset)
-            inside = logits > 0
+                inside = logits > 0
+            else:  # the mask alone: the same voxels, for less work on a fine grid
+                (box, inside), logits = paste_mask(logits128, window, volume, offset=offset), None
             pieces.append((box, logits, inside))
             self._memory[window.center_lps] = WindowAnswer(low_res, box,
                                                            np.packbits(inside) if self.incremental else None, iou)
@@ -455,7 +459,7 @@ class Segmenter:
         mask = zeros_ijk(volume.shape, np.uint8)
         prob = zeros_ijk(volume.shape, np.float32) if probabilities else None
         for box, logits, inside in pieces:
-            if logits.size == 0:
+            if inside.size == 0:
                 continue
             mask[box] |= inside
             if prob is not None:

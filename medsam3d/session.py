@@ -42,6 +42,7 @@ class ObjectState:
     memory: Optional[dict] = None  # the Segmenter's answer per window of the last prediction (Result.memory)
     mask: Optional[np.ndarray] = None  # (I, J, K) uint8, the current answer (None: empty)
     region: Optional[Region] = None  # the mask is zero outside this box
+    voxels: int = 0  # the mask's voxel count
 
 
 @dataclass
@@ -56,10 +57,14 @@ class Change:
 
 @dataclass(frozen=True)
 class _Saved:
-    """A history entry: the state without its full-size mask, which is kept bit-packed over its region."""
+    """A history entry: the state before a change, without its full-size mask. That mask differed from the one after
+    the change only inside ``box``, so only those voxels are kept (bit-packed); undo, newest entry first, puts them
+    back into the mask after the change, which is then the current one. A click on a large organ in a fine scan
+    changes a few windows' worth of voxels, far fewer than the object's region holds."""
 
-    state: ObjectState
-    packed: Optional[np.ndarray] = None  # np.packbits of mask[region]
+    state: ObjectState  # its mask (and mask prompt) left out when ``packed`` holds the mask
+    box: Optional[Box] = None  # where the change touched the mask (None: nowhere)
+    packed: Optional[np.ndarray] = None  # np.packbits of mask[box]; None: the mask was empty
 
 
 @dataclass
@@ -118,7 +123,7 @@ class Session:
         obj = self._existing(name)
         if not obj.history:
             raise InputError(f"nothing to undo for object {name!r}")
-        return self._commit(name, self._unpack(obj.history.pop()), [], {}, remember=False)
+        return self._commit(name, self._unpack(obj.history.pop(), obj.state), [], {}, remember=False)
 
     def reset(self, name: str) -> Change:
         """Forget the object's prompts and answer (undo can bring them back)."""
@@ -164,39 +169,74 @@ class Session:
         region = tuple(slice(min(f[a].start for f in footprints), max(f[a].stop for f in footprints))
                        for a in range(3))
         new = replace(state, mask_prompt=None, memory=result.memory, mask=result.mask.array, region=region)
-        return self._commit(name, new, result.iou, result.timings)
+        return self._commit(name, new, result.iou, result.timings, touched=_touched(state.memory, result.memory))
 
     def _commit(self, name: str, state: ObjectState, iou: list[float], timings: dict,
-                remember: bool = True) -> Change:
+                remember: bool = True, touched: Optional[Region] = None) -> Change:
+        """Make ``state`` the object's. ``touched``: where its mask can differ from the current one (None:
+        anywhere in either's region)."""
         obj = self._object(name)
         old = obj.state
-        box = changed_box(old.mask, state.mask, bounding(old.region, state.region))
+        if old.mask is None or state.mask is None:
+            touched = None
+        box = changed_box(old.mask, state.mask, touched or bounding(old.region, state.region))
+        if state.mask is None:
+            voxels = 0
+        elif touched is None:
+            voxels = int(np.count_nonzero(state.mask[state.region]))
+        else:  # a click on a large object changes a few of its windows: count there only
+            voxels = old.voxels - int(np.count_nonzero(old.mask[touched])) + int(np.count_nonzero(state.mask[touched]))
+        state = replace(state, voxels=voxels)
         if remember:
-            obj.history = (obj.history + [self._pack(old)])[-self.max_undo:]
+            obj.history = (obj.history + [self._pack(old, box)])[-self.max_undo:]
             if len(obj.history) > EXACT_UNDO:  # older steps undo to their mask, refined as a mask prompt
                 stale = obj.history[-EXACT_UNDO - 1]
                 obj.history[-EXACT_UNDO - 1] = replace(stale, state=replace(stale.state, memory=None))
         obj.state = state
         obj.unsent = union(obj.unsent, box)
-        voxels = 0 if state.mask is None else int(np.count_nonzero(state.mask[state.region]))
         return Change(box, voxels, list(iou), dict(timings))
 
     @staticmethod
-    def _pack(state: ObjectState) -> _Saved:
+    def _pack(state: ObjectState, box: Optional[Box]) -> _Saved:
+        """``state``, about to be replaced by a change that touched its mask inside ``box``, as a history entry."""
         if state.mask is None:
             return _Saved(state)
-        return _Saved(replace(state, mask=None, mask_prompt=None), np.packbits(state.mask[state.region]))
+        packed = np.packbits(state.mask[_slices(box)]) if box is not None else np.zeros(0, np.uint8)
+        return _Saved(replace(state, mask=None, mask_prompt=None), box, packed)
 
-    def _unpack(self, saved: _Saved) -> ObjectState:
+    def _unpack(self, saved: _Saved, current: ObjectState) -> ObjectState:
+        """The state a history entry saved, from it and the ``current`` state (the one after its change)."""
         state = saved.state
         if saved.packed is None:
             return state
-        mask = np.zeros(self.volume.shape, np.uint8)
-        part = mask[state.region]
-        part[...] = np.unpackbits(saved.packed, count=part.size).reshape(part.shape)
+        mask = current.mask.copy() if current.mask is not None else np.zeros(self.volume.shape, np.uint8)
+        if saved.box is not None:
+            part = mask[_slices(saved.box)]
+            part[...] = np.unpackbits(saved.packed, count=part.size).reshape(part.shape)
         # without its memory (an old step), the next click refines the mask itself
         prompt = mask.astype(bool) if state.memory is None else None
         return replace(state, mask=mask, mask_prompt=prompt)
+
+
+def _touched(before: Optional[dict], after: dict) -> Optional[Region]:
+    """Where the mask of the answer ``after`` can differ from that of ``before`` (each a ``Result.memory``): the
+    boxes of the windows whose answers are not shared by both (an incremental refinement keeps the others'); None
+    when nothing is shared. The mask is the union of its windows' masks, so outside those boxes it is the union of
+    the same, kept windows' masks."""
+    if not before:
+        return None
+    kept = {id(answer) for answer in after.values()} & {id(answer) for answer in before.values()}
+    if not kept:
+        return None
+    boxes = [a.box for a in list(before.values()) + list(after.values())
+             if id(a) not in kept and all(b.stop > b.start for b in a.box)]
+    if not boxes:
+        return (slice(0, 0),) * 3
+    return tuple(slice(min(b[k].start for b in boxes), max(b[k].stop for b in boxes)) for k in range(3))
+
+
+def _slices(box: Box) -> Region:
+    return tuple(slice(a, b + 1) for a, b in zip(*box))
 
 
 def changed_box(old: Optional[np.ndarray], new: Optional[np.ndarray],

@@ -5,6 +5,7 @@ objects, clicks placed by the evaluation protocol (at the largest error, from th
     python scripts/bench_serve.py                      # the example CT, liver and spleen, 50 clicks
     python scripts/bench_serve.py --scan data/public/Dataset201_TotalSegCT/imagesTr/ts_ct_0000.nii.gz \\
         --labels data/public/Dataset201_TotalSegCT/labelsTr/ts_ct.nii.gz --objects 5,1
+    python scripts/bench_serve.py --scan ... --labels ... --spacing 0.8,0.8,1.5   # on a clinical CT grid
 
 Prints medians and p95 of: the first click on each object (which pays for encoding its window), click-to-mask
 (add_point + get_mask with the mask written to a file, the way `get_mask {path}` works), and click-to-mask with
@@ -70,6 +71,8 @@ def main() -> int:
     parser.add_argument("--every-window", action="store_true", help="serve --every-window: a click re-decodes every "
                                                                     "window of the object (default: the worker's "
                                                                     "incremental refinement)")
+    parser.add_argument("--spacing", help="first resample the scan (linear) and labels (nearest) to this grid, "
+                                          "e.g. 0.8,0.8,1.5: a clinical grid's per-voxel costs")
     parser.add_argument("--out", type=Path, help="also write the numbers as JSON")
     args = parser.parse_args()
 
@@ -78,64 +81,86 @@ def main() -> int:
         if not args.labels.is_file():
             raise SystemExit(f"bench_serve: {args.labels} not found: run bash scripts/fetch_public_data.sh or give "
                              "--labels")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.spacing:
+            grid = [float(v) for v in args.spacing.split(",")]
+            args.scan = resampled(args.scan, grid, sitk.sitkLinear, Path(tmp) / "scan.nii.gz")
+            args.labels = resampled(args.labels, grid, sitk.sitkNearestNeighbor, Path(tmp) / "labels.nii.gz")
+        run(args, Path(tmp))
+    return 0
+
+
+def resampled(path: Path, spacing: list[float], interpolator, out: Path) -> Path:
+    """``path`` resampled to ``spacing`` over the same extent, written to ``out``."""
+    image = sitk.ReadImage(str(path))
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    reference = sitk.Image(size, image.GetPixelID())
+    reference.SetSpacing(spacing)
+    reference.SetOrigin(image.GetOrigin())
+    reference.SetDirection(image.GetDirection())
+    fill = float(sitk.GetArrayViewFromImage(image).min())
+    sitk.WriteImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, fill), str(out), True)
+    return out
+
+
+def run(args, tmp: Path) -> None:
     labels = ijk_from_sitk_array(sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels))))
     values = [int(v) for v in args.objects.split(",")]
     targets = [labels == v for v in values]
     spacing = sitk.ReadImage(str(args.labels)).GetSpacing()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "mask.nii.gz"
-        scan_image = sitk.ReadImage(str(args.scan))
+    out = tmp / "mask.nii.gz"
+    scan_image = sitk.ReadImage(str(args.scan))
 
-        def read_write() -> None:  # the baseline: what any tool pays to read this scan and write one mask
-            image = sitk.ReadImage(str(args.scan))
-            sitk.WriteImage(sitk.Cast(image > 0, sitk.sitkUInt8), str(out), useCompression=True)
+    def read_write() -> None:  # the baseline: what any tool pays to read this scan and write one mask
+        image = sitk.ReadImage(str(args.scan))
+        sitk.WriteImage(sitk.Cast(image > 0, sitk.sitkUInt8), str(out), useCompression=True)
 
-        io_median = median_times([read_write], 5)[0]
+    io_median = median_times([read_write], 5)[0]
 
-        started = time.perf_counter()
-        client = Client(args.threads, args.backend, args.every_window)
-        client("hello")
-        ready = time.perf_counter() - started
+    started = time.perf_counter()
+    client = Client(args.threads, args.backend, args.every_window)
+    client("hello")
+    ready = time.perf_counter() - started
+    t0 = time.perf_counter()
+    session = client("load", path=str(args.scan))["session"]
+    load = time.perf_counter() - t0
+
+    names = [f"object{n}" for n in range(len(targets))]
+    masks = {name: np.zeros(labels.shape, bool) for name in names}
+    first, to_file, inline = [], [], []
+    per_object: dict[str, list[float]] = {name: [] for name in names}  # clicks after the first, any kind
+    for k in range(args.clicks):
+        n = k % len(names)
+        name, target = names[n], targets[n]
+        if not masks[name].any() and k < len(names):
+            point, positive = deepest_point(target, spacing), 1
+        else:
+            found = next_click(masks[name], target, spacing)
+            if found is None:
+                continue
+            point, positive = found
+        use_inline = (k // 2) % 4 != 1  # every fourth click on each object writes its mask to a file instead
         t0 = time.perf_counter()
-        session = client("load", path=str(args.scan))["session"]
-        load = time.perf_counter() - t0
-
-        names = [f"object{n}" for n in range(len(targets))]
-        masks = {name: np.zeros(labels.shape, bool) for name in names}
-        first, to_file, inline = [], [], []
-        per_object: dict[str, list[float]] = {name: [] for name in names}  # clicks after the first, any kind
-        for k in range(args.clicks):
-            n = k % len(names)
-            name, target = names[n], targets[n]
-            if not masks[name].any() and k < len(names):
-                point, positive = deepest_point(target, spacing), 1
-            else:
-                found = next_click(masks[name], target, spacing)
-                if found is None:
-                    continue
-                point, positive = found
-            use_inline = (k // 2) % 4 != 1  # every fourth click on each object writes its mask to a file instead
-            t0 = time.perf_counter()
-            client("add_point", session=session, object=name, point=[float(v) for v in point],
-                   positive=bool(positive))
-            if use_inline:
-                reply = client("get_mask", session=session, object=name, inline=True)
-                spent = time.perf_counter() - t0
-                unpacked = unpack_box(reply)
-                if unpacked is not None:
-                    (lo, hi), part = unpacked
-                    masks[name][lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = part.astype(bool)
-            else:
-                client("get_mask", session=session, object=name, path=str(out))
-                spent = time.perf_counter() - t0
-                masks[name] = ijk_from_sitk_array(sitk.GetArrayFromImage(sitk.ReadImage(str(out)))).astype(bool)
-                client("get_mask", session=session, object=name, inline=True)  # keep the changed box in step
-            (first if k < len(names) else inline if use_inline else to_file).append(spent)
-            if k >= len(names):
-                per_object[name].append(spent)
-        client.process.stdin.close()
-        client.process.wait()
+        client("add_point", session=session, object=name, point=[float(v) for v in point],
+               positive=bool(positive))
+        if use_inline:
+            reply = client("get_mask", session=session, object=name, inline=True)
+            spent = time.perf_counter() - t0
+            unpacked = unpack_box(reply)
+            if unpacked is not None:
+                (lo, hi), part = unpacked
+                masks[name][lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = part.astype(bool)
+        else:
+            client("get_mask", session=session, object=name, path=str(out))
+            spent = time.perf_counter() - t0
+            masks[name] = ijk_from_sitk_array(sitk.GetArrayFromImage(sitk.ReadImage(str(out)))).astype(bool)
+            client("get_mask", session=session, object=name, inline=True)  # keep the changed box in step
+        (first if k < len(names) else inline if use_inline else to_file).append(spent)
+        if k >= len(names):
+            per_object[name].append(spent)
+    client.process.stdin.close()
+    client.process.wait()
 
     dice = [2 * (m & t).sum() / max(m.sum() + t.sum(), 1) for m, t in zip(masks.values(), targets)]
     after = inline + to_file
@@ -164,7 +189,8 @@ def main() -> int:
             return {"median_ms": statistics.median(values) * 1000, "p95_ms": p95(values) * 1000, "n": len(values)}
 
         args.out.write_text(json.dumps({
-            "scan": str(args.scan), "size": scan_image.GetSize(), "spacing": scan_image.GetSpacing(),
+            "scan": str(args.scan), "resampled_to": args.spacing, "size": scan_image.GetSize(),
+            "spacing": scan_image.GetSpacing(),
             "threads": args.threads, "backend": args.backend,
             "refinement": "every window" if args.every_window else "incremental", "clicks": args.clicks,
             "hello_ms": ready * 1000, "load_ms": load * 1000, "first_click": ms(first), "click_inline": ms(inline),
@@ -172,7 +198,6 @@ def main() -> int:
             "per_object": {f"{name} (label {value})": ms(times) for (name, times), value in zip(per_object.items(),
                                                                                                  values)},
             "baseline_sitk_read_write_ms": io_median * 1000, "final_dice": [float(d) for d in dice]}, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

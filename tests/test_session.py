@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import EXAMPLE_CT
+from helpers import EXAMPLE_CT, click_sequences
 from medsam3d.errors import InputError
 from medsam3d.segmenter import Segmenter
 from medsam3d.session import EXACT_UNDO, Session
@@ -63,6 +63,28 @@ def test_changes_report_exactly_the_voxels_that_changed(segmenter):
     assert session.take_changes("liver") is None  # and nothing since
 
 
+def test_incremental_changes_report_exactly_the_voxels_that_changed(segmenter):
+    """With incremental refinement a click keeps some windows' answers, and the session diffs and counts only where
+    the others lie: the same boxes and voxel counts as diffing the whole masks, and undo still exact."""
+    session = Session(Segmenter(model=segmenter.model, threads=2, incremental=True), EXAMPLE_CT)
+    before = np.zeros(session.volume.shape, np.uint8)
+    masks, shared = [], 0
+    for point, positive in click_sequences(24)["liver"]:
+        memory = session.objects["liver"].state.memory if "liver" in session.objects else None
+        change = session.add_point("liver", point, positive)
+        after = session.mask("liver").copy()
+        assert change.box == full_box(before, after)
+        assert change.voxels == int(after.sum())
+        now = session.objects["liver"].state.memory
+        shared += bool(memory) and any(answer is memory.get(c) for c, answer in now.items())
+        masks.append(before)
+        before = after
+    assert shared >= 2  # clicks that kept a window's answer
+    for expected in reversed(masks[-EXACT_UNDO:]):
+        session.undo("liver")
+        np.testing.assert_array_equal(session.mask("liver"), expected)
+
+
 def test_undo_is_exact_and_the_next_click_answers_as_if_the_undone_one_never_was(segmenter):
     session = Session(segmenter, EXAMPLE_CT)
     click(session, "liver", LIVER[0])
@@ -102,9 +124,14 @@ def test_set_mask_reset_and_errors(segmenter):
     change = session.set_mask("liver", edited)
     assert change.voxels == int(edited.sum()) and change.box == ((80, 45, 12), (94, 59, 19))
     assert click(session, "liver", LIVER[0]).voxels > 0
+    clicked = session.mask("liver").copy()
     assert session.reset("liver").voxels == 0
+    session.undo("liver")  # history keeps only the voxels each change touched: undo rebuilds whole masks exactly
+    np.testing.assert_array_equal(session.mask("liver"), clicked)
     session.undo("liver")
-    assert session.mask("liver").any()
+    np.testing.assert_array_equal(session.mask("liver"), edited)
+    session.undo("liver")
+    assert not session.mask("liver").any() and session.objects["liver"].state.mask is None
     with pytest.raises(InputError, match="outside the image"):
         session.add_point("liver", (500, 0, 0))
     with pytest.raises(InputError, match="first click on an object must be positive"):
