@@ -23,9 +23,9 @@ original_plan = Segmenter._incremental_plan
 
 def positive_in_every_window(self, prompts):
     plan = original_plan(self, prompts)
-    if plan is None or not len(prompts.points) or prompts.labels[-1] != 1:
+    if plan is None or not len(prompts.points) or prompts.labels[prompts.newest] != 1:
         return plan
-    newest = self.volume.ijk_to_lps(prompts.points[-1:])
+    newest = self.volume.ijk_to_lps(prompts.points[prompts.newest][None])
     holding = [Window(c, self.size) for c in self._memory if Window(c, self.size).contains(newest)]
     if not holding:
         return plan
@@ -34,9 +34,9 @@ def positive_in_every_window(self, prompts):
 
 def negative_in_every_window(self, prompts):
     plan = original_plan(self, prompts)
-    if plan is None or prompts.labels[-1] != 0:
+    if plan is None or prompts.labels[prompts.newest] != 0:
         return plan
-    newest = self.volume.ijk_to_lps(prompts.points[-1:])
+    newest = self.volume.ijk_to_lps(prompts.points[prompts.newest][None])
     holding = [Window(c, self.size) for c in self._memory if Window(c, self.size).contains(newest)]
     kept = {c: a for c, a in self._memory.items() if c not in {w.center_lps for w in holding}}
     return (kept, holding) if kept else None

@@ -109,14 +109,16 @@ def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: floa
 
 def paste_mask(logits: np.ndarray, window: Window, volume: Volume,
                offset: tuple = (0, 0, 0)) -> tuple[tuple[slice, slice, slice], np.ndarray]:
-    """``paste_back(logits, window, volume, offset=offset)``'s mask (its logits > 0), for less work -> (box, bool).
+    """The mask of ``paste_back(logits, window, volume, offset=offset)`` (its logits > 0), for less work ->
+    (box, bool): what the Segmenter's masks are made of.
 
     On a scan whose axes run along the patient's (direction cosines a signed permutation: NIfTI's RAS, DICOM's
     LPS, flips), each scan axis maps to one window axis, and the linear interpolation of a scan voxel mixes the 8
     window voxels around it only: it is > 0 where all 8 are, <= 0 where none is. Only the voxels between both are
-    interpolated (float64, as SimpleITK does; its sign could differ only within 1e-15 of zero). On a fine grid
-    most voxels of the box are one or the other, which saves most of SimpleITK's per-voxel work. Oblique scans go
-    through ``paste_back``."""
+    interpolated (float64, as SimpleITK does). On a fine grid most voxels of the box are one or the other, which
+    saves most of SimpleITK's per-voxel work. Where the two compute a voxel's place differently by float rounding
+    they can disagree: a voxel exactly on the window's outer face (half a window voxel beyond its last), or one
+    whose interpolated value is within 1e-15 of zero. Oblique scans go through ``paste_back``."""
     direction = volume.direction
     permuted = (np.abs(direction) == 1).sum(0)
     if not ((permuted == 1).all() and (np.abs(direction) == 1).sum(1).tolist() == [1, 1, 1]

@@ -68,6 +68,7 @@ class Prompts:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))  # (N,) 1 / 0
     box: Optional[np.ndarray] = None  # (2, 3) opposite corners
     mask: Optional[np.ndarray] = None  # (I, J, K) bool, a previous result to refine
+    newest: int = -1  # index of the click given last (``resolve`` puts positives first): what a refinement adds
 
     def is_empty(self) -> bool:
         return len(self.points) == 0 and self.box is None and self.mask is None

@@ -160,6 +160,8 @@ class Segmenter:
         pos = [p for p, lab in zip(points, labels) if lab == 1]
         neg = [p for p, lab in zip(points, labels) if lab == 0]
         prompts = resolve(self.volume, pos, neg, box, mask, frame)
+        if labels:  # resolve lists the positives first: where the last click given went
+            prompts.newest = len(pos) - 1 if labels[-1] == 1 else len(labels) - 1
         return self.predict_prompts(prompts, probabilities, refine)
 
     def predict_prompts(self, prompts: Prompts, probabilities: bool = False, refine: bool = False,
@@ -217,11 +219,10 @@ class Segmenter:
             if logits128 is None:
                 box, logits = tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
                 inside = logits > 0
-            elif probabilities:
-                box, logits = paste_back(logits128, window, volume, offset=offset)
-                inside = logits > 0
-            else:  # the mask alone: the same voxels, for less work on a fine grid
-                (box, inside), logits = paste_mask(logits128, window, volume, offset=offset), None
+            else:  # the mask (``paste_mask``, whatever else is asked for: the same mask with or without
+                # probabilities), and the logits where probabilities are asked for
+                box, inside = paste_mask(logits128, window, volume, offset=offset)
+                logits = paste_back(logits128, window, volume, offset=offset)[1] if probabilities else None
             pieces.append((box, logits, inside))
             self._memory[window.center_lps] = WindowAnswer(low_res, box,
                                                            np.packbits(inside) if self.incremental else None, iou)
@@ -247,14 +248,19 @@ class Segmenter:
             return None
         if any(answer.inside is None for answer in self._memory.values()):
             return None  # an answer of a Segmenter that was not incremental: nothing to keep
-        newest = self.volume.ijk_to_lps(prompts.points[-1:])  # (1, 3) LPS
+        click = prompts.points[prompts.newest]  # (3,) ijk
+        newest = self.volume.ijk_to_lps(click[None])  # (1, 3) LPS
         windows = [Window(c, self.size) for c in self._memory]
         holding = [w for w in windows if w.contains(newest)]
-        if prompts.labels[-1] == 1:
+        if prompts.labels[prompts.newest] == 1:
             redo = [min(holding, key=lambda w: np.abs(w.lps_to_voxel(newest[0]) - (self.size - 1) / 2).max())] \
                 if holding else [self._window_around(newest[0], newest, refine=False)]
         else:  # the windows whose mask has the clicked voxel
-            redo = [w for w in holding if self._memory[w.center_lps].holds(prompts.points[-1])]
+            voxel = np.clip(np.rint(click), 0, np.array(self.volume.shape) - 1)
+            having = [w for w in windows if self._memory[w.center_lps].holds(voxel)]
+            if any(w not in holding for w in having):
+                return None  # a window has it in the rim its click test leaves out: decode as usual
+            redo = having
         kept = {c: answer for c, answer in self._memory.items() if c not in {w.center_lps for w in redo}}
         return (kept, redo) if kept and redo else None
 

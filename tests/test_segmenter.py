@@ -270,6 +270,41 @@ def test_incremental_click_outside_every_window_gets_a_window_of_its_own():
     assert mask[far] and (mask >= first.mask.array.astype(bool)).all() and not (mask & ~rod).any()
 
 
+def test_incremental_refinement_refines_the_click_given_last():
+    """``predict`` lists positive clicks before negative ones; the refinement still answers the click given last
+    (here a positive one far along the rod, after a negative one), not the last in that listing."""
+    volume, rod = long_rod()
+    seg = Segmenter(model=ThresholdModel(ROD_WINDOW), max_windows=8, incremental=True)
+    seg.set_volume(volume)
+    seg.predict(points=[ROD_ENDS[0]])
+    seg.predict(points=[ROD_ENDS[0], (20, 20, 30)], labels=[1, 0], refine=True)
+    far = (20, 20, 200)
+    decoded = _recording_decoded_windows(seg)
+    seg.predict(points=[ROD_ENDS[0], (20, 20, 30), far], labels=[1, 0, 1], refine=True)
+    assert len(decoded) == 1 and Window(decoded[0], ROD_WINDOW).contains(volume.ijk_to_lps(np.array([far])))
+
+
+def test_incremental_negative_click_in_a_windows_rim_decodes_every_window():
+    """A window's mask covers the scan voxels up to half a window voxel beyond its last one, where its click test
+    leaves the click out: a negative click there cannot be answered by that window alone, so every window is
+    decoded again (the usual plan) rather than keeping the window that still holds the voxel."""
+    volume, rod = long_rod()
+    seg = Segmenter(model=ThresholdModel(ROD_WINDOW), max_windows=8, incremental=True)
+    seg.set_volume(volume)
+    first = seg.predict(points=[ROD_ENDS[0]])
+    rim = None
+    for k in range(10, 390):
+        voxel = np.array([20.0, 20.0, k])
+        lps = volume.ijk_to_lps(voxel[None])
+        if any(a.holds(voxel) and not Window(c, ROD_WINDOW).contains(lps) for c, a in first.memory.items()):
+            rim = voxel
+            break
+    assert rim is not None, "the rod's windows have a voxel in a rim"
+    decoded = _recording_decoded_windows(seg)
+    seg.predict(points=[ROD_ENDS[0], rim], labels=[1, 0], refine=True)
+    assert set(decoded) >= set(first.memory)
+
+
 def test_segmenter_chooses_and_reports_the_modality():
     volume, _ = sphere_volume("ras")
     seg = Segmenter(model=ThresholdModel(), device="cpu")
