@@ -36,14 +36,15 @@ from .preprocess import (INSIDE_LOGIT, OUTSIDE_LOGIT, Window, block_mean, crop_w
 from .prompts import Frame, Prompts, resolve
 
 GROW_OVERLAP = 24  # window voxels shared by a window and the one grown from it
-# encoded windows kept per scan: a new object gets its own window, so a long session on one scan would otherwise
-# keep every encoding it ever made (medsam3d-tiny: 128 x 8^3 + 64 x 16^3 + 32 x 32^3 floats, 5.5 MB each)
 # Bumped by every change to how the Segmenter answers (windows, seeds, paste-back) that moves the held-out numbers:
 # the promotion gate's fingerprint includes it, so a default recorded under another revision is measured again
 # (`scripts/promote.py --remeasure` re-records the packaged one). 2: grown-window seeds ranked without a full sort.
-REVISION = 2
+# 3: a new object's window is centred on its clicks, never another object's encoded window within 8 voxels.
+REVISION = 3
+# encoded windows kept per scan: a new object gets its own window, so a long session on one scan would otherwise
+# keep every encoding it ever made (medsam3d-tiny: 128 x 8^3 + 64 x 16^3 + 32 x 32^3 floats, 5.5 MB each)
 MAX_CACHED_WINDOWS = 16
-WINDOW_MARGIN = 16  # window voxels a prompt must keep from the border for a cached window to be reused for it
+WINDOW_MARGIN = 16  # window voxels a prompt must keep from the border for the object's last window to be kept for it
 
 
 @dataclass(frozen=True)
@@ -289,11 +290,8 @@ class Segmenter:
         return planned or [first]
 
     def _choose_window(self, prompts: Prompts, refine: bool = False) -> Window:
-        """A cached window that holds every prompt with room around it, else one centred on the positive prompts.
-
-        A refinement keeps the window its previous logits live in. A new object reuses a cached window only if its
-        positive prompts sit within ``size / 16`` voxels of the window's centre, else it gets a window centred on
-        them (one more encode): training placed objects near the centre, and answers depend on it."""
+        """The object's last window if it holds every prompt with room around it, else one centred on the positive
+        prompts (training placed objects near the centre, and answers depend on it)."""
         volume = self.volume
         if len(prompts.points) and (prompts.labels == 1).any():
             anchor = prompts.points[prompts.labels == 1]
@@ -307,15 +305,13 @@ class Segmenter:
         return self._window_around(volume.ijk_to_lps(np.asarray(anchor).mean(0)), every_prompt, refine)
 
     def _window_around(self, center: np.ndarray, every_prompt: np.ndarray, refine: bool) -> Window:
-        """A window for prompts centred at ``center`` (LPS mm): a suitable cached one, else a new one there."""
-        candidates = list(self._memory) if refine else []  # the previous prediction's windows, first first
-        candidates += [c for c in self._embeddings if c not in candidates]
-        for candidate in candidates:
+        """A window for prompts centred at ``center`` (LPS mm): for a refinement, one of the object's last windows
+        that holds them all with room around it; else a new one there (its encoding is re-used if that very
+        window was encoded before). Windows encoded for other objects are not considered, so an answer depends on
+        the object's own prompts only, not on what else the session segmented first."""
+        for candidate in (list(self._memory) if refine else []):  # the previous prediction's windows, first first
             window = Window(candidate, self.size)
-            offset = np.abs(window.lps_to_voxel(center) - (self.size - 1) / 2)
-            central = bool((offset <= self.size / 16).all())
-            if window.contains(every_prompt, margin=WINDOW_MARGIN) and (
-                    central or (refine and candidate in self._memory)):
+            if window.contains(every_prompt, margin=WINDOW_MARGIN):
                 return window
         spacing = Window.spacing
         # snap to the model-space lattice so cached and grown windows line up voxel for voxel
