@@ -91,6 +91,36 @@ def test_every_window_session_equals_segment_replay(tmp_path):
         assert other.close() == 0
 
 
+def test_objects_close_together_replay_the_same(worker, tmp_path):
+    """Two objects whose first clicks are 6 mm apart, clicked in turn, b first: each object's answer depends on its
+    own clicks only (not on the window the other one encoded first), so a replay, a then b, gives the session's
+    masks."""
+    clicks = {"a": [([91, 52, 18], True), ([85, 48, 18], True), ([99, 58, 17], False)],
+              "b": [([93, 53, 18], True), ([96, 46, 20], True), ([80, 55, 19], False)]}
+    session = worker("load", path=str(SCAN))["session"]
+    for n in range(3):
+        for name in ("b", "a"):  # the replay segments a first
+            point, positive = clicks[name][n]
+            assert worker("add_point", session=session, object=name, point=point, positive=positive)["ok"]
+    prompts = tmp_path / "clicks.json"
+    prompts.write_text(json.dumps([{"label": n + 1, "clicks": [{"point": p, "positive": s} for p, s in clicks[name]]}
+                                   for n, name in enumerate(clicks)]))
+    out = tmp_path / "replay.nii.gz"
+    subprocess.run([sys.executable, "-m", "medsam3d", "segment", str(SCAN), "--prompts", str(prompts), "-o", str(out),
+                    "--threads", "2", "-q"], check=True)
+    replay = read_mask(out)  # (K, J, I) label map: b over a where they overlap
+    for n, name in enumerate(clicks):
+        path = tmp_path / f"{name}.nii.gz"
+        assert worker("get_mask", session=session, object=name, path=str(path))["ok"]
+        served = read_mask(path).astype(bool)
+        assert served.sum() > 100
+        if name == "a":  # where b overlaps it the label map says b
+            np.testing.assert_array_equal(served & (replay != 2), replay == 1)
+        else:
+            np.testing.assert_array_equal(served, replay == 2)
+    worker("close", session=session)
+
+
 def session_equals_segment_replay(worker, tmp_path, clicks: int, segment_args: list[str]) -> None:
     sequences = click_sequences(clicks)
     session = worker("load", path=str(SCAN))["session"]
