@@ -192,7 +192,6 @@ class Segmenter:
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
     def _predict_prompts(self, prompts: Prompts, probabilities: bool, refine: bool) -> Result:
-        volume = self.volume
         timings = {"encode": 0.0, "decode": 0.0, "resample": 0.0}
         plan = self._incremental_plan(prompts) if refine and self.incremental and not probabilities else None
         kept, planned = plan if plan is not None else ({}, self._plan_windows(prompts, refine))
@@ -211,25 +210,13 @@ class Segmenter:
             window, prior, prev = queue.pop(0)
             low_res, iou = self._predict_window(window, prompts, prior, prev, timings)
             t0 = time.perf_counter()
-            # the window's logits (window space) where the scan needs them: all of them for probabilities, else
-            # the block around the voxels > 0 (``offset``: its first voxel), which is all a mask needs
-            if probabilities:
-                offset, logits128 = np.zeros(3, dtype=int), upsample_logits(low_res, self.size)
-            else:
-                offset, logits128 = positive_logits(low_res, self.size)
-            if logits128 is None:
-                box, logits = tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
-                inside = logits > 0
-            else:  # the mask (``paste_mask``, whatever else is asked for: the same mask with or without
-                # probabilities), and the logits where probabilities are asked for
-                box, inside = paste_mask(logits128, window, volume, offset=offset)
-                logits = paste_back(logits128, window, volume, offset=offset)[1] if probabilities else None
+            offset, block, box, logits, inside = self._paste(window, low_res, probabilities)
             pieces.append((box, logits, inside))
             self._memory[window.center_lps] = WindowAnswer(low_res, box,
                                                            np.packbits(inside) if self.incremental else None, iou)
             timings["resample"] += time.perf_counter() - t0
             windows.append(window)
-            for grown, seed in self._growth(window, low_res, offset, logits128):
+            for grown, seed in self._growth(window, low_res, offset, block):
                 if all(np.linalg.norm(np.subtract(grown.center_lps, w.center_lps)) > self.size * 0.375 *
                        grown.spacing for w in windows + [q[0] for q in queue]):
                     queue.append((grown, seed, None))
@@ -253,9 +240,10 @@ class Segmenter:
         newest = self.volume.ijk_to_lps(click[None])  # (1, 3) LPS
         windows = [Window(c, self.size) for c in self._memory]
         holding = [w for w in windows if w.contains(newest)]
-        if prompts.labels[prompts.newest] == 1:
-            redo = [min(holding, key=lambda w: np.abs(w.lps_to_voxel(newest[0]) - (self.size - 1) / 2).max())] \
-                if holding else [self._window_around(newest[0], newest, refine=False)]
+        if prompts.labels[prompts.newest] == 1 and holding:
+            redo = [min(holding, key=lambda w: np.abs(w.lps_to_voxel(newest[0]) - (self.size - 1) / 2).max())]
+        elif prompts.labels[prompts.newest] == 1:
+            redo = [self._window_around(newest[0], newest, refine=False)]
         else:  # the windows whose mask has the clicked voxel
             voxel = np.clip(np.rint(click), 0, np.array(self.volume.shape) - 1)
             having = [w for w in windows if self._memory[w.center_lps].holds(voxel)]
@@ -266,6 +254,23 @@ class Segmenter:
         return (kept, redo) if kept and redo else None
 
     # ------------------------------------------------------------------ steps
+    def _paste(self, window: Window, low_res: np.ndarray, probabilities: bool) -> tuple:
+        """One window's answer onto the scan's grid -> (offset, block, box, logits, inside).
+
+        ``block``: the window's logits (window space) from window voxel ``offset`` on: all of them for
+        probabilities, else the block around the voxels > 0, which is all a mask needs (None: no voxel > 0).
+        ``box``: where on the scan's grid; ``inside``: the mask there (``paste_mask``, so the same with or without
+        probabilities); ``logits``: the logits there, for probabilities only (else None)."""
+        if probabilities:
+            offset, block = np.zeros(3, dtype=int), upsample_logits(low_res, self.size)
+        else:
+            offset, block = positive_logits(low_res, self.size)
+        if block is None:
+            return offset, None, tuple(slice(0, 0) for _ in range(3)), None, np.zeros((0, 0, 0), dtype=bool)
+        box, inside = paste_mask(block, window, self.volume, offset=offset)
+        logits = paste_back(block, window, self.volume, offset=offset)[1] if probabilities else None
+        return offset, block, box, logits, inside
+
     def _plan_windows(self, prompts: Prompts, refine: bool) -> list[Window]:
         """The windows the prompts are decoded in: one when they fit in one, else one per group of clicks.
 
