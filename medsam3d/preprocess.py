@@ -74,23 +74,14 @@ def crop_window(source: sitk.Image, window: Window, fill: float) -> np.ndarray:
 
 
 def paste_back(logits: np.ndarray, window: Window, volume: Volume, outside: float = OUTSIDE_LOGIT,
-               positive_only: bool = False, offset: tuple = (0, 0, 0)) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+               offset: tuple = (0, 0, 0)) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """Window logits (model space) -> logits on ``volume``'s own grid inside their footprint.
 
     ``logits``: the whole window (size^3), or a block of it whose voxel 0 is window voxel ``offset`` (then the
-    footprint is the block's). Returns the index box and the float32 logits there (linear interpolation;
-    ``outside`` beyond the window). ``positive_only`` shrinks the box to the footprint of the voxels with logits >
-    0, padded by one voxel: any point outside it interpolates only non-positive values, so the thresholded mask is
-    unchanged.
+    footprint is the block's; a mask needs only ``positive_part``'s block). Returns the index box and the float32
+    logits there (linear interpolation; ``outside`` beyond the window).
     """
-    src_lo = np.asarray(offset, dtype=int)  # the window voxels handed to the resampler: all, or the positive box
-    if positive_only:
-        lo, logits = positive_part(logits)
-        if logits is None:
-            return tuple(slice(0, 0) for _ in range(3)), np.zeros((0, 0, 0), dtype=np.float32)
-        src_lo = src_lo + lo
-    src_hi = src_lo + np.asarray(logits.shape) - 1
-    box = window.footprint(volume, tuple(int(v) for v in src_lo), tuple(int(v) for v in src_hi))
+    src_lo, box = _block_footprint(logits, window, volume, offset)
     lo = np.array([s.start for s in box])
     size = [s.stop - s.start for s in box]
     if min(size) <= 0:
@@ -120,14 +111,11 @@ def paste_mask(logits: np.ndarray, window: Window, volume: Volume,
     they can disagree: a voxel exactly on the window's outer face (half a window voxel beyond its last), or one
     whose interpolated value is within 1e-15 of zero. Oblique scans go through ``paste_back``."""
     direction = volume.direction
-    permuted = (np.abs(direction) == 1).sum(0)
-    if not ((permuted == 1).all() and (np.abs(direction) == 1).sum(1).tolist() == [1, 1, 1]
-            and ((direction == 0) | (np.abs(direction) == 1)).all()):
+    magnitude = np.abs(direction)
+    if not (np.isin(magnitude, (0.0, 1.0)).all() and (magnitude.sum(0) == 1).all()):  # not a signed permutation
         box, values = paste_back(logits, window, volume, offset=offset)
         return box, values > 0
-    src_lo = np.asarray(offset, dtype=int)
-    box = window.footprint(volume, tuple(int(v) for v in src_lo),
-                           tuple(int(v) for v in src_lo + np.asarray(logits.shape) - 1))
+    src_lo, box = _block_footprint(logits, window, volume, offset)
     size = [b.stop - b.start for b in box]
     if min(size) <= 0:
         return box, np.zeros(size, dtype=bool)
@@ -185,6 +173,15 @@ def paste_mask(logits: np.ndarray, window: Window, volume: Volume,
         v0, v1 = v00 + (v10 - v00) * f1, v01 + (v11 - v01) * f1
         mask[mixed] = v0 + (v1 - v0) * f2 > 0
     return box, mask
+
+
+def _block_footprint(logits: np.ndarray, window: Window, volume: Volume,
+                     offset: tuple) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """A block of window logits from window voxel ``offset`` on -> (that first voxel (3,), the index box of
+    ``volume`` it covers)."""
+    src_lo = np.asarray(offset, dtype=int)
+    src_hi = src_lo + np.asarray(logits.shape) - 1
+    return src_lo, window.footprint(volume, tuple(int(v) for v in src_lo), tuple(int(v) for v in src_hi))
 
 
 def mask_to_window(mask: np.ndarray, volume: Volume, window: Window) -> np.ndarray:

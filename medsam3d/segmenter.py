@@ -6,8 +6,8 @@ interactive sessions of ``medsam3d serve`` (``session.py``) are thin layers over
     result = seg.predict(points=[(120, 88, 40)])          # voxel indices (ijk) of the scan
     result.mask                                           # Volume, uint8, the scan's exact geometry
 
-Per prompt set: choose a 128^3 model-space window around the prompts (or reuse a cached one that holds them),
-encode it once (cached), decode, bring the logits back onto the scan's grid. If the object touches the window's
+Per prompt set: choose a 128^3 model-space window around the prompts (a refinement keeps the object's last one
+while they fit), encode it once (cached), decode, bring the logits back onto the scan's grid. If the object touches the window's
 border it grows into neighbouring windows centred on that border, seeded with the mask so far, until it stops
 touching or ``max_windows`` is reached. A refinement decodes every window again, or, with ``incremental=True``
 (``medsam3d serve``'s default), only the windows its newest click changes, keeping the others' answers
@@ -336,10 +336,9 @@ class Segmenter:
             offset = np.rint(Window(center, size, window.spacing).lps_to_voxel(window.origin_lps)).astype(int)
             if (np.abs(offset) >= size).any():
                 continue
-            # the old window's voxels src fall on this one's dst: upsample those only (``_shift``'s slices)
-            src = tuple(int(max(o, 0)) for o in offset), tuple(int(size + min(o, 0)) for o in offset)
-            dst = tuple(slice(max(-o, 0), size - max(o, 0)) for o in offset)
-            np.maximum(carried[dst], upsample_logits(answer.low_res, size, *src), out=carried[dst])
+            src, dst = _overlap(offset, size)  # upsample only the old window's voxels that fall in this one
+            np.maximum(carried[dst], upsample_logits(answer.low_res, size, [s.start for s in src],
+                                                     [s.stop for s in src]), out=carried[dst])
         if not (carried > 0).any():
             return None
         return block_mean(carried, self.model.low_res_size)
@@ -481,11 +480,17 @@ class Segmenter:
 def _shift(array: np.ndarray, offset: np.ndarray, fill: float) -> np.ndarray:
     """Window-space map seen from a window whose voxel 0 sits at ``offset`` of this one's."""
     out = np.full_like(array, fill)
-    n = array.shape[0]
-    src = tuple(slice(max(o, 0), n + min(o, 0)) for o in offset)
-    dst = tuple(slice(max(-o, 0), n - max(o, 0)) for o in offset)
+    src, dst = _overlap(offset, array.shape[0])
     out[dst] = array[src]
     return out
+
+
+def _overlap(offset: np.ndarray, n: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Two n^3 windows, the second's voxel 0 at ``offset`` of the first's -> (the first's voxels they share, where
+    those fall in the second)."""
+    src = tuple(slice(int(max(o, 0)), int(n + min(o, 0))) for o in offset)
+    dst = tuple(slice(int(max(-o, 0)), int(n - max(o, 0))) for o in offset)
+    return src, dst
 
 
 def _interior_points(mask: np.ndarray, count: int) -> np.ndarray:

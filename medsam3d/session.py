@@ -14,6 +14,7 @@ box of voxels it changed, so a client (the Slicer module) updates only that part
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -140,6 +141,10 @@ class Session:
         mask = self._existing(name).state.mask
         return mask if mask is not None else np.zeros(self.volume.shape, np.uint8)
 
+    def voxels(self, name: str) -> int:
+        """The object's mask's voxel count (kept with each change: no pass over the scan)."""
+        return self._existing(name).state.voxels
+
     def take_changes(self, name: str) -> Optional[Box]:
         """The box of voxels changed since the last call (None: none), for a client that keeps a copy."""
         obj = self._existing(name)
@@ -165,9 +170,7 @@ class Session:
         refine = state.memory is not None  # a further prompt: the last answer's logits go back in
         result = self.segmenter.predict_prompts(prompts, refine=refine, previous=state.memory or {})
         # the windows' footprints bound the mask: diffs and undo copies look only there
-        footprints = [w.footprint(self.volume) for w in result.windows]
-        region = tuple(slice(min(f[a].start for f in footprints), max(f[a].stop for f in footprints))
-                       for a in range(3))
+        region = _enclosing([w.footprint(self.volume) for w in result.windows])
         new = replace(state, mask_prompt=None, memory=result.memory, mask=result.mask.array, region=region)
         return self._commit(name, new, result.iou, result.timings, touched=_touched(state.memory, result.memory))
 
@@ -230,9 +233,12 @@ def _touched(before: Optional[dict], after: dict) -> Optional[Region]:
         return None
     boxes = [a.box for a in list(before.values()) + list(after.values())
              if id(a) not in kept and all(b.stop > b.start for b in a.box)]
-    if not boxes:
-        return (slice(0, 0),) * 3
-    return tuple(slice(min(b[k].start for b in boxes), max(b[k].stop for b in boxes)) for k in range(3))
+    return _enclosing(boxes) if boxes else (slice(0, 0),) * 3
+
+
+def _enclosing(regions: list[Region]) -> Region:
+    """The smallest region holding them all (at least one)."""
+    return functools.reduce(bounding, regions)
 
 
 def _slices(box: Box) -> Region:

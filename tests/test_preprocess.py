@@ -11,8 +11,9 @@ from helpers import SPHERE_CENTER_LPS, sphere_volume
 @pytest.mark.parametrize("region", [(slice(50, 80), slice(40, 90), slice(60, 75)),  # inside the window
                                     (slice(0, 30), slice(90, 128), slice(60, 75))])  # touching two window faces
 def test_paste_back_of_the_positive_region_only_gives_the_same_mask(region):
-    """positive_only resamples only the window voxels around the positive logits, on an oblique scan."""
-    from medsam3d.preprocess import Window, paste_back
+    """Pasting only the block around the positive logits (``positive_part``) gives the whole window's mask, on an
+    oblique scan."""
+    from medsam3d.preprocess import Window, paste_back, positive_part
 
     volume, _ = sphere_volume("oblique")
     window = Window(tuple(SPHERE_CENTER_LPS + [5.0, -3.0, 2.0]))
@@ -23,7 +24,8 @@ def test_paste_back_of_the_positive_region_only_gives_the_same_mask(region):
     small = np.zeros(volume.shape, bool)
     box, values = paste_back(logits, window, volume)
     full[box] = values > 0
-    box_small, values_small = paste_back(logits, window, volume, positive_only=True)
+    offset, block = positive_part(logits)
+    box_small, values_small = paste_back(block, window, volume, offset=offset)
     small[box_small] = values_small > 0
     assert values_small.size < values.size / 4
     assert full.sum() > 1000

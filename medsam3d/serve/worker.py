@@ -12,8 +12,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
-
 from .. import __version__
 from ..errors import InputError
 from . import protocol
@@ -147,14 +145,14 @@ class Worker:
         if inline == bool(path):
             raise InputError("get_mask: give either a path or inline: true")
         if inline:
-            return {"object": name, "voxels": int(np.count_nonzero(mask)), **protocol.pack_box(mask, session.take_changes(name))}
+            return {"object": name, "voxels": session.voxels(name), **protocol.pack_box(mask, session.take_changes(name))}
         from ..io import write_volume
 
         target = Path(path)
         if session.path is not None and target.exists() and target.resolve() == session.path.resolve():
             raise InputError(f"get_mask: {target} is the scan; medsam3d never overwrites an input")
         write_volume(session.volume.with_array(mask), target)
-        return {"object": name, "path": str(target), "voxels": int(np.count_nonzero(mask)),
+        return {"object": name, "path": str(target), "voxels": session.voxels(name),
                 "box": _box(session.take_changes(name))}
 
     def _close(self, request: dict) -> dict:
