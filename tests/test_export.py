@@ -144,6 +144,13 @@ def test_bundle_answers_as_pytorch(name, tmp_path, cli_bundle):
             assert logits.shape == (1, 1, low, low, low) and iou.shape == (1, 1)
             assert np.abs(logits - want[0].numpy()).max() <= 1e-3, (coords.shape[1], multimask)
             assert np.abs(iou - want[1].numpy()).max() <= 1e-3
+    if not model.config.box_prompts:  # the graph would take box tokens; the runtime refuses them as torch does
+        from medsam3d.backends.onnx_backend import OnnxBackend
+
+        backend = OnnxBackend(folder)
+        with pytest.raises(InputError, match="takes no box prompts"):
+            backend.decode(backend.encode(image.numpy()[0, 0]), None, None, np.array([2.0, 2, 2, 9, 9, 9]), None,
+                           False)
 
 
 def test_tolerance_is_enforced_and_a_failure_leaves_nothing(cli_bundle, tmp_path, monkeypatch):

@@ -79,6 +79,8 @@ class OnnxBackend:
     def decode(self, features: dict[str, np.ndarray], points: Optional[np.ndarray], labels: Optional[np.ndarray],
                box: Optional[np.ndarray], mask_input: Optional[np.ndarray], multimask: bool
                ) -> tuple[np.ndarray, float]:
+        if box is not None and not self.meta["box_prompts"]:  # the graph would take the tokens, untrained
+            raise InputError(f"{self.name} takes no box prompts (its checkpoints have no box embeddings)")
         coords, token_labels = prompt_tokens(points, labels, box)  # (T, 3), (T,)
         if len(coords) < int(self.meta.get("min_tokens", 0)):
             raise InputError("the onnxruntime backend needs a click or a box with a mask prompt; "
