@@ -47,11 +47,13 @@ def main() -> int:
         warnings.simplefilter("ignore")
     try:
         config = load_gate_config(args.config)
-        if args.remeasure or args.candidate is None:
-            if not args.remeasure or args.candidate is not None:
-                raise InputError("give a candidate, or --remeasure alone")
+        if args.remeasure:
+            if args.candidate is not None or args.dry_run or args.checkpoint or args.training:
+                raise InputError("--remeasure takes no candidate, --checkpoint, --training or --dry-run")
             remeasure_default(config, args.weights_dir, args.docs, threads=args.threads, device=args.device)
             return 0
+        if args.candidate is None:
+            raise InputError("give a candidate, or --remeasure alone")
         decision = run_gate(args.candidate, args.checkpoint, config, args.weights_dir, args.docs,
                             training_md=args.training, threads=args.threads, device=args.device,
                             dry_run=args.dry_run)

@@ -280,16 +280,18 @@ def write_default(candidate: Candidate, results_by_suite: dict[str, dict], summa
     from ..store import sha256_of
 
     model_name = candidate.spec["model"]
-    write_results(results_by_suite, summary_, docs_dir, model_name)
-    # the CPU path's ONNX bundle (backends/onnx_backend.py), exported from the same weights and checked against them
+    sha = sha256_of(candidate.weights)  # moving the file below does not change it
+    # the CPU path's ONNX bundle (backends/onnx_backend.py), exported from the same weights and checked against them,
+    # first: a failed export leaves the docs and the default as they were
     built = build_model(model_name, checkpoint=str(candidate.weights),
                         **{k: v for k, v in candidate.spec.items() if k != "model"})
-    export_onnx(built, weights_dir / "default_onnx", weights_sha256=sha256_of(candidate.weights))
+    export_onnx(built, weights_dir / "default_onnx", weights_sha256=sha)
+    write_results(results_by_suite, summary_, docs_dir, model_name)
     target = weights_dir / "default.pt"
     os.replace(candidate.weights, target)
     defaults = config_dict(make_config(model_name, {}))
     config = {k: v for k, v in candidate.spec.items() if k != "model" and defaults.get(k) != v}
-    record = {"model": model_name, "config": config, "file": target.name, "sha256": sha256_of(target),
+    record = {"model": model_name, "config": config, "file": target.name, "sha256": sha,
               "size_mb": round(target.stat().st_size / 1e6, 2), "promoted": promoted,
               "status": status_line(summary_["dice"], goal), "card": "MODEL_CARD.md",
               "about": "medsam3d's packaged default (see its card: medsam3d models info default)",
@@ -344,11 +346,8 @@ def remeasure_default(config: GateConfig, weights_dir: Path, docs_dir: Path, thr
     record = current_default(weights_dir)
     if record is None:
         raise InputError(f"{weights_dir} holds no default.json to measure again")
-    seg = _default_segmenter(weights_dir, device, threads)
-    results = run_suites(seg, config, baselines=True, log=log)
-    numbers = summary(results, config, fingerprint(config, PROTOCOL))
-    if config.example is not None:
-        numbers["example"] = measure_example(seg, config.example)
+    results, numbers = _measure(_default_segmenter(weights_dir, device, threads), config,
+                                fingerprint(config, PROTOCOL), log)
     before = record["heldout"]["dice"]
     record.update(heldout=numbers, status=status_line(numbers["dice"], config.goal))
     write_results(results, numbers, docs_dir, record["model"])
@@ -373,6 +372,10 @@ def run_gate(source: Path, checkpoint: Optional[Path], config: GateConfig, weigh
 
     if not (weights_dir / "MODEL_CARD.md").is_file():
         raise InputError(f"{weights_dir} holds no MODEL_CARD.md for the gate to fill in")
+    if not dry_run:  # a promotion exports the ONNX bundle: say now, not after the evaluation, if it cannot
+        from ..export import _onnxruntime
+
+        _onnxruntime()
     staging = Path(tempfile.mkdtemp(prefix=".gate.", dir=weights_dir))  # same file system: os.replace works
     try:
         candidate = stage_candidate(Path(source), checkpoint, staging, training_md)
@@ -390,11 +393,7 @@ def run_gate(source: Path, checkpoint: Optional[Path], config: GateConfig, weigh
                 current_dice = model_dice(run_suites(seg, config, baselines=False, log=log), config.clicks)
         seg = Segmenter(model=str(_spec_file(candidate, staging)), checkpoint=candidate.weights, device=device,
                         threads=threads)
-        results = run_suites(seg, config, baselines=True, log=log)
-        numbers = summary(results, config, key)
-        if config.example is not None:
-            numbers["example"] = measure_example(seg, config.example)
-            log(f"README example: Dice {numbers['example']['dice']:.3f} against its label")
+        results, numbers = _measure(seg, config, key, log)
         decision = decide(numbers["dice"], current_dice, config.tolerance, config.improve_at)
         for line in decision.reasons:
             log(line)
@@ -406,6 +405,17 @@ def run_gate(source: Path, checkpoint: Optional[Path], config: GateConfig, weigh
         return decision
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _measure(seg, config: GateConfig, key: str, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """The gate's measurement of a model: its held-out suites with both baselines and the README example ->
+    (results by suite, summary numbers)."""
+    results = run_suites(seg, config, baselines=True, log=log)
+    numbers = summary(results, config, key)
+    if config.example is not None:
+        numbers["example"] = measure_example(seg, config.example)
+        log(f"README example: Dice {numbers['example']['dice']:.3f} against its label")
+    return results, numbers
 
 
 def _default_segmenter(weights_dir: Path, device: str, threads: Optional[int]):
