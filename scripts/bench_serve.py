@@ -130,6 +130,7 @@ def run(args, tmp: Path) -> None:
     masks = {name: np.zeros(labels.shape, bool) for name in names}
     first, to_file, inline = [], [], []
     per_object: dict[str, list[float]] = {name: [] for name in names}  # clicks after the first, any kind
+    split: list[tuple[float, dict]] = []  # those clicks: time, and the worker's own split (add_point's timings_ms)
     for k in range(args.clicks):
         n = k % len(names)
         name, target = names[n], targets[n]
@@ -142,8 +143,8 @@ def run(args, tmp: Path) -> None:
             point, positive = found
         use_inline = (k // 2) % 4 != 1  # every fourth click on each object writes its mask to a file instead
         t0 = time.perf_counter()
-        client("add_point", session=session, object=name, point=[float(v) for v in point],
-               positive=bool(positive))
+        added = client("add_point", session=session, object=name, point=[float(v) for v in point],
+                       positive=bool(positive))
         if use_inline:
             reply = client("get_mask", session=session, object=name, inline=True)
             spent = time.perf_counter() - t0
@@ -159,6 +160,7 @@ def run(args, tmp: Path) -> None:
         (first if k < len(names) else inline if use_inline else to_file).append(spent)
         if k >= len(names):
             per_object[name].append(spent)
+            split.append((spent, added["timings_ms"]))
     client.process.stdin.close()
     client.process.wait()
 
@@ -182,7 +184,16 @@ def run(args, tmp: Path) -> None:
     for (name, times), value in zip(per_object.items(), values):
         print(f"| every later click on {name} (label {value}) | {statistics.median(times) * 1000:.0f} | "
               f"{p95(times) * 1000:.0f} | {len(times)} |")
+    encoding = [t for t, parts in split if parts["encode"] > 0]
+    others = [t for t, parts in split if parts["encode"] == 0]
+    for label, times in (("clicks that encoded a window", encoding), ("clicks that encoded none", others)):
+        if times:
+            print(f"| {label} | {statistics.median(times) * 1000:.0f} | {p95(times) * 1000:.0f} | {len(times)} |")
     print(f"| baseline: SimpleITK read scan + write mask, this process | {io_median * 1000:.0f} | | 5 |")
+    steps = {step: statistics.median(parts[step] for _, parts in split) for step in ("encode", "decode", "resample")}
+    steps["the rest"] = statistics.median(t * 1000 - sum(parts.values()) for t, parts in split)
+    print("median split of a click after the first, ms: " + ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
+          + " (the rest: mask assembly, the session's diff, get_mask, the pipe)")
     print("final Dice per object: " + ", ".join(f"{d:.3f}" for d in dice))
     if args.out:
         def ms(values: list[float]) -> dict:
@@ -195,6 +206,8 @@ def run(args, tmp: Path) -> None:
             "refinement": "every window" if args.every_window else "incremental", "clicks": args.clicks,
             "hello_ms": ready * 1000, "load_ms": load * 1000, "first_click": ms(first), "click_inline": ms(inline),
             "click_to_file": ms(to_file), "every_click_after_the_first": ms(after),
+            "clicks_that_encoded": ms(encoding) if encoding else None, "clicks_that_encoded_none": ms(others),
+            "median_split_ms": steps,
             "per_object": {f"{name} (label {value})": ms(times) for (name, times), value in zip(per_object.items(),
                                                                                                  values)},
             "baseline_sitk_read_write_ms": io_median * 1000, "final_dice": [float(d) for d in dice]}, indent=2) + "\n")
